@@ -1,0 +1,31 @@
+//! Hugging Face phi checkpoints (phi-1, phi-1.5, phi-2: `PhiForCausalLM`) to GGUF for llama.cpp's `phi2`
+//! architecture, with output identical to llama.cpp's own `convert_hf_to_gguf.py`.
+//!
+//! * [`convert`] writes F32, F16, BF16 or Q8_0 GGUFs; other types are made from its output by llama.cpp's
+//!   quantizer (see [`OutType::is_native`]).
+//! * [`inspect`] checks a checkpoint and describes it without converting.
+//! * [`gguf`] reads and writes GGUF files.
+//!
+//! Accepted inputs: `config.json` in the transformers 5, transformers 4.37 and legacy `phi-msft` styles;
+//! weights in `model.safetensors` or shards with `model.safetensors.index.json`, as F32, F16 or BF16, named in
+//! the transformers or the `phi-msft` layout.
+
+mod checkpoint;
+mod config;
+mod convert;
+mod error;
+pub mod gguf;
+mod layout;
+mod metadata;
+mod out_type;
+mod output;
+mod quant;
+mod tokenizer;
+
+pub use checkpoint::SourceDtype;
+pub use config::{ConfigStyle, ModelConfig};
+pub use convert::{convert, inspect, CheckpointInfo, ConvertOptions, ConvertProgress, ConvertSummary};
+pub use error::ConvertError;
+pub use layout::Layout;
+pub use out_type::OutType;
+pub use tokenizer::{TokenizerOrigin, TokenizerSource};

@@ -1,0 +1,135 @@
+//! `phi-tui bench`: prompt processing (pp) and generation (tg) throughput through the engine, measured the way
+//! llama-bench does — one warm-up, then the median of several runs, each from an empty cache.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use phi_tui::engine::{Engine, GenerateRequest, ModelInfo, Prompt, SequenceId, TokenId};
+use serde::Serialize;
+
+use super::RuntimeArgs;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// The GGUF model
+    #[arg(long, short = 'm')]
+    model: PathBuf,
+    /// Prompt tokens per pp run
+    #[arg(long = "n-prompt", short = 'p', default_value_t = 512)]
+    n_prompt: u32,
+    /// Generated tokens per tg run
+    #[arg(long = "n-gen", short = 'n', default_value_t = 128)]
+    n_gen: u32,
+    /// Measured runs (after one warm-up)
+    #[arg(long = "repetitions", short = 'r', default_value_t = 5)]
+    repetitions: u32,
+    /// Print one JSON object
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+#[derive(Serialize)]
+struct BenchReport {
+    model: String,
+    file_type: String,
+    device: String,
+    gpu_layers: u32,
+    flash_attention: String,
+    threads: u32,
+    n_prompt: u32,
+    n_gen: u32,
+    repetitions: u32,
+    pp_tok_s: f64,
+    tg_tok_s: f64,
+    pp_runs_tok_s: Vec<f64>,
+    tg_runs_tok_s: Vec<f64>,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.n_prompt > 0 && args.n_gen > 0 && args.repetitions > 0, "-p, -n and -r must be positive");
+    let mut options = args.runtime.engine_options(1)?;
+    // pp runs decode the whole prompt in one batch, as llama-bench does.
+    options.batch_size = options.batch_size.max(args.n_prompt);
+    let needed = args.n_prompt.max(args.n_gen + 1);
+    options.context_size = Some(options.context_size.unwrap_or(needed).max(needed));
+    let engine = Engine::start(options)?;
+    let report = super::runtime()?.block_on(async {
+        let info = engine.load_model(&args.model, None).await?;
+        let tokens = bench_tokens(&info, args.n_prompt as usize);
+        let mut pp = Vec::new();
+        let mut tg = Vec::new();
+        for run in 0..=args.repetitions {
+            let pp_speed = timed(&engine, tokens.clone(), 0, true).await?;
+            let tg_speed = timed(&engine, tokens[..1].to_vec(), args.n_gen + 1, false).await?;
+            // Run 0 warms caches and lazy allocations up.
+            if run > 0 {
+                pp.push(pp_speed);
+                tg.push(tg_speed);
+            }
+        }
+        anyhow::Ok(BenchReport {
+            model: info.name.clone(),
+            file_type: info.file_type.clone(),
+            device: info.device.clone(),
+            gpu_layers: info.gpu_layers,
+            flash_attention: info.flash_attention.to_string(),
+            threads: info.threads,
+            n_prompt: args.n_prompt,
+            n_gen: args.n_gen,
+            repetitions: args.repetitions,
+            pp_tok_s: median(&pp),
+            tg_tok_s: median(&tg),
+            pp_runs_tok_s: pp,
+            tg_runs_tok_s: tg,
+        })
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "model: {} ({}), device: {}, threads: {}, flash attention: {}",
+            report.model, report.file_type, report.device, report.threads, report.flash_attention
+        );
+        println!("pp{:<6} {:>10.2} tok/s", report.n_prompt, report.pp_tok_s);
+        println!("tg{:<6} {:>10.2} tok/s", report.n_gen, report.tg_tok_s);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One run from an empty cache. With `max_tokens` 0 it measures the prompt; otherwise the generation.
+async fn timed(engine: &Engine, prompt: Vec<TokenId>, max_tokens: u32, measure_prompt: bool) -> anyhow::Result<f64> {
+    engine.clear_sequence(SequenceId(0)).await?;
+    let mut request = GenerateRequest::new(SequenceId(0), Prompt::Tokens(prompt));
+    request.max_tokens = max_tokens;
+    request.stop_at_eog = false;
+    let summary = engine.generate(request).finish().await?;
+    Ok(if measure_prompt { summary.timings.prompt_tok_s() } else { summary.timings.gen_tok_s() })
+}
+
+/// Fixed pseudo-random ordinary tokens: speed does not depend on which tokens they are, and fixed ones make runs
+/// comparable.
+fn bench_tokens(info: &ModelInfo, n: usize) -> Vec<TokenId> {
+    let range = info.n_vocab.clamp(1, 50_000) as u64;
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % range) as TokenId
+        })
+        .collect()
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}

@@ -1,0 +1,147 @@
+//! `phi-tui generate`: one prompt in, its continuation streamed to stdout.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use phi_tui::engine::{Engine, GenerateRequest, GenerationEvent, Prompt, SamplingParams, SequenceId, StopReason};
+use serde::Serialize;
+
+use super::RuntimeArgs;
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// The GGUF model
+    #[arg(long, short = 'm')]
+    model: PathBuf,
+    /// The prompt text
+    #[arg(long, short = 'p', conflicts_with = "prompt_file", required_unless_present = "prompt_file")]
+    prompt: Option<String>,
+    /// Read the prompt from a file
+    #[arg(long)]
+    prompt_file: Option<PathBuf>,
+    /// Tokens to generate at most
+    #[arg(long = "n-predict", short = 'n', default_value_t = 256)]
+    max_tokens: u32,
+    /// Temperature; 0 is greedy
+    #[arg(long = "temp", default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: u32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u32,
+    /// Stop before this text (repeatable)
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+    /// Keep going past the end-of-text token
+    #[arg(long)]
+    ignore_eos: bool,
+    /// A LoRA adapter GGUF to apply
+    #[arg(long)]
+    lora: Option<PathBuf>,
+    /// The adapter's scale (llama.cpp multiplies it by alpha / rank)
+    #[arg(long, default_value_t = 1.0, requires = "lora")]
+    lora_scale: f32,
+    /// Print one JSON object with the tokens, text and timings instead of streaming text
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+#[derive(Serialize)]
+struct JsonOutput<'a> {
+    prompt_tokens: &'a [i32],
+    tokens: &'a [i32],
+    text: &'a str,
+    stop_reason: String,
+    timings: JsonTimings,
+}
+
+#[derive(Serialize)]
+struct JsonTimings {
+    prompt_ms: f64,
+    gen_ms: f64,
+    prompt_tok_s: f64,
+    gen_tok_s: f64,
+}
+
+pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
+    let prompt = match (&args.prompt, &args.prompt_file) {
+        (Some(text), _) => text.clone(),
+        (None, Some(path)) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading the prompt from {}", path.display()))?
+        }
+        (None, None) => anyhow::bail!("give a prompt with -p or --prompt-file"),
+    };
+    let engine = Engine::start(args.runtime.engine_options(1)?)?;
+    super::runtime()?.block_on(async {
+        engine.load_model(&args.model, None).await?;
+        if let Some(lora) = &args.lora {
+            engine.set_adapter(lora, args.lora_scale).await?;
+        }
+        let mut request = GenerateRequest::new(SequenceId(0), Prompt::Text(prompt));
+        request.max_tokens = args.max_tokens;
+        request.stop_strings = args.stop.clone();
+        request.stop_at_eog = !args.ignore_eos;
+        request.sampling = SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            min_p: args.min_p,
+            repeat_penalty: args.repeat_penalty,
+            seed: args.seed,
+            ..SamplingParams::default()
+        };
+        let mut generation = engine.generate(request);
+        let mut stdout = std::io::stdout().lock();
+        while let Some(event) = generation.next().await {
+            match event? {
+                GenerationEvent::Delta { text, .. } if !args.json => {
+                    stdout.write_all(text.as_bytes())?;
+                    stdout.flush()?;
+                }
+                GenerationEvent::Delta { .. } => {}
+                GenerationEvent::Finished(summary) => {
+                    if args.json {
+                        let timings = summary.timings;
+                        let output = JsonOutput {
+                            prompt_tokens: &summary.prompt_tokens,
+                            tokens: &summary.tokens,
+                            text: &summary.text,
+                            stop_reason: stop_reason_name(&summary.stop_reason),
+                            timings: JsonTimings {
+                                prompt_ms: timings.prompt_ms,
+                                gen_ms: timings.gen_ms,
+                                prompt_tok_s: timings.prompt_tok_s(),
+                                gen_tok_s: timings.gen_tok_s(),
+                            },
+                        };
+                        serde_json::to_writer(&mut stdout, &output)?;
+                    }
+                    writeln!(stdout)?;
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn stop_reason_name(reason: &StopReason) -> String {
+    match reason {
+        StopReason::MaxTokens => "max_tokens".to_owned(),
+        StopReason::EndOfGeneration => "end_of_generation".to_owned(),
+        StopReason::StopString(s) => format!("stop_string:{s}"),
+        StopReason::Predicate => "predicate".to_owned(),
+        StopReason::ContextFull => "context_full".to_owned(),
+        StopReason::Cancelled => "cancelled".to_owned(),
+    }
+}

@@ -1,0 +1,441 @@
+//! The inference engine: the only code in phi-tui that touches llama.cpp.
+//!
+//! One dedicated thread owns the llama model and its context (llama.cpp contexts are not `Sync`, and a model can
+//! only take a new LoRA adapter while no context borrows it). Everything else talks to that thread through
+//! [`Engine`], a cheap clonable handle whose methods send a command and await the reply. The TUI and the language
+//! server hold clones of the same handle, so they share one loaded model and one context.
+//!
+//! The context holds several independent sequences ([`SequenceId`]), each with its own KV cache. Every request
+//! names its sequence; the engine reuses the longest common token prefix already cached there and decodes only the
+//! rest. Generation runs step by step (a prompt chunk or one token per step); between two steps the worker reads
+//! new commands, so cancellation lands within one step and a higher-[`Priority`] request preempts a running one,
+//! which later resumes from its cached state.
+
+mod ffi;
+mod sampling;
+mod text;
+mod validate;
+mod worker;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc};
+
+use tokio::sync::{mpsc, oneshot};
+
+pub use ffi::{llama_cpp_version, quantize_model, QuantizeError};
+pub use sampling::SamplingParams;
+pub use text::StopPredicate;
+#[cfg(feature = "dynamic-backends")]
+pub use worker::set_backends_dir;
+
+/// A token id of the loaded model's vocabulary.
+pub type TokenId = i32;
+
+/// Errors the engine reports. The engine keeps serving after every one of them.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    #[error("no model is loaded")]
+    NoModel,
+    #[error("{path}: {reason}")]
+    InvalidModel { path: PathBuf, reason: String },
+    #[error("{path}: llama.cpp could not load the model: {reason}")]
+    ModelLoad { path: PathBuf, reason: String },
+    #[error("could not create the inference context: {0}")]
+    Context(String),
+    #[error("{path}: {reason}")]
+    InvalidAdapter { path: PathBuf, reason: String },
+    #[error("the prompt has {prompt_tokens} tokens but a sequence holds at most {context_size}")]
+    PromptTooLong { prompt_tokens: usize, context_size: usize },
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("token id {token} is outside the vocabulary (0..{n_vocab})")]
+    InvalidToken { token: TokenId, n_vocab: i32 },
+    #[error("sequence {sequence} does not exist (the context has {sequences} sequences)")]
+    InvalidSequence { sequence: u32, sequences: u32 },
+    #[error("invalid sampling parameters: {0}")]
+    InvalidSampling(String),
+    #[error("llama.cpp failed to decode: {0}")]
+    Decode(String),
+    #[error("the request was cancelled")]
+    Cancelled,
+    #[error("the engine thread has stopped")]
+    EngineStopped,
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Whether llama.cpp uses flash attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FlashAttention {
+    /// llama.cpp decides: on where the backend supports it (GPU offload, and the CPU in this version).
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl FromStr for FlashAttention {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            other => Err(format!("unknown flash-attention mode `{other}` (expected auto, on or off)")),
+        }
+    }
+}
+
+impl fmt::Display for FlashAttention {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::On => "on",
+            Self::Off => "off",
+        })
+    }
+}
+
+/// How the engine sets up llama.cpp. Fixed for the engine's lifetime except where a command says otherwise.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Tokens each sequence can hold; `None` uses the model's training context.
+    pub context_size: Option<u32>,
+    /// Independent sequences (KV caches) in the context, e.g. one per chat plus one for the editor.
+    pub sequences: u32,
+    /// CPU threads; `None` uses every available core.
+    pub threads: Option<u32>,
+    /// Most prompt tokens decoded in one step: a cancel or a higher-priority request waits at most this long.
+    pub batch_size: u32,
+    /// Layers offloaded to the GPU; `None` offloads all of them when llama.cpp was built with a GPU backend.
+    pub gpu_layers: Option<u32>,
+    pub flash_attention: FlashAttention,
+    pub main_gpu: u32,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            context_size: None,
+            sequences: 2,
+            threads: None,
+            batch_size: 512,
+            gpu_layers: None,
+            flash_attention: FlashAttention::Auto,
+            main_gpu: 0,
+        }
+    }
+}
+
+/// What is known about the loaded model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    pub path: PathBuf,
+    pub name: String,
+    pub architecture: String,
+    /// The weights' storage type as GGUF names it (`F16`, `Q4_K_M`, …).
+    pub file_type: String,
+    pub parameters: u64,
+    pub size_bytes: u64,
+    pub n_vocab: i32,
+    pub n_layer: u32,
+    pub context_train: u32,
+    /// Tokens each sequence can hold.
+    pub context_size: u32,
+    pub sequences: u32,
+    pub threads: u32,
+    /// `CPU`, or the GPU's name when layers are offloaded.
+    pub device: String,
+    pub gpu_layers: u32,
+    pub flash_attention: FlashAttention,
+    pub has_chat_template: bool,
+    /// Fill-in-the-middle tokens (prefix, suffix, middle), when the vocabulary has them (phi-1's has none).
+    pub fim_tokens: Option<[TokenId; 3]>,
+    pub eog_token: TokenId,
+}
+
+/// The active LoRA adapter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterInfo {
+    pub path: PathBuf,
+    /// The user scale; llama.cpp multiplies it by the adapter's alpha / rank.
+    pub scale: f32,
+}
+
+/// A snapshot of the engine for status lines.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineState {
+    pub model: Option<ModelInfo>,
+    pub adapter: Option<AdapterInfo>,
+    /// Tokens cached in each sequence.
+    pub cached_tokens: Vec<usize>,
+    /// Generations waiting or running.
+    pub pending_requests: usize,
+}
+
+/// One of the context's independent sequences (KV caches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SequenceId(pub u32);
+
+/// Which request runs when several are waiting. Higher runs first; equals take turns step by step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
+pub enum Priority {
+    Background,
+    #[default]
+    Chat,
+    /// Editor completions: someone is waiting for every keystroke.
+    Interactive,
+}
+
+/// What to feed the model.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    Text(String),
+    Tokens(Vec<TokenId>),
+}
+
+/// A generation request.
+#[derive(Clone)]
+pub struct GenerateRequest {
+    pub sequence: SequenceId,
+    pub prompt: Prompt,
+    pub sampling: SamplingParams,
+    /// Tokens to generate at most; 0 only evaluates the prompt (see `return_logits`).
+    pub max_tokens: u32,
+    /// Generation ends before any of these; the text never contains one, nor any part of one.
+    pub stop_strings: Vec<String>,
+    pub stop_predicate: Option<StopPredicate>,
+    /// End at the model's end-of-generation token.
+    pub stop_at_eog: bool,
+    pub priority: Priority,
+    /// Also return the logits at the last prompt position.
+    pub return_logits: bool,
+}
+
+impl GenerateRequest {
+    pub fn new(sequence: SequenceId, prompt: Prompt) -> Self {
+        Self {
+            sequence,
+            prompt,
+            sampling: SamplingParams::default(),
+            max_tokens: 128,
+            stop_strings: Vec::new(),
+            stop_predicate: None,
+            stop_at_eog: true,
+            priority: Priority::default(),
+            return_logits: false,
+        }
+    }
+}
+
+impl fmt::Debug for GenerateRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GenerateRequest")
+            .field("sequence", &self.sequence)
+            .field("prompt", &self.prompt)
+            .field("sampling", &self.sampling)
+            .field("max_tokens", &self.max_tokens)
+            .field("stop_strings", &self.stop_strings)
+            .field("stop_predicate", &self.stop_predicate.is_some())
+            .field("priority", &self.priority)
+            .finish()
+    }
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    MaxTokens,
+    EndOfGeneration,
+    StopString(String),
+    Predicate,
+    /// The sequence is full.
+    ContextFull,
+    Cancelled,
+}
+
+/// Wall-clock timings of one generation.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    /// From submission until the first step ran.
+    pub queue_ms: f64,
+    pub prompt_ms: f64,
+    pub gen_ms: f64,
+    /// Prompt tokens decoded (the reused prefix is not counted).
+    pub prompt_tokens_decoded: usize,
+    pub tokens_generated: usize,
+}
+
+impl Timings {
+    pub fn prompt_tok_s(&self) -> f64 {
+        per_second(self.prompt_tokens_decoded, self.prompt_ms)
+    }
+
+    pub fn gen_tok_s(&self) -> f64 {
+        per_second(self.tokens_generated, self.gen_ms)
+    }
+}
+
+fn per_second(tokens: usize, ms: f64) -> f64 {
+    if ms > 0.0 {
+        tokens as f64 * 1000.0 / ms
+    } else {
+        0.0
+    }
+}
+
+/// The result of a generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationSummary {
+    pub prompt_tokens: Vec<TokenId>,
+    /// Prompt tokens found in the sequence's cache and not decoded again.
+    pub reused_tokens: usize,
+    pub tokens: Vec<TokenId>,
+    pub text: String,
+    pub stop_reason: StopReason,
+    pub timings: Timings,
+    pub last_logits: Option<Vec<f32>>,
+}
+
+/// What a running generation reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenerationEvent {
+    /// Newly generated tokens and the text they complete (possibly empty while a character or a possible stop
+    /// string is incomplete).
+    Delta {
+        tokens: Vec<TokenId>,
+        text: String,
+    },
+    Finished(GenerationSummary),
+}
+
+/// An identifier for a submitted generation, used to cancel it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId(u64);
+
+/// A generation in progress: a stream of [`GenerationEvent`]s. Dropping it cancels the generation.
+pub struct Generation {
+    id: RequestId,
+    events: mpsc::UnboundedReceiver<Result<GenerationEvent>>,
+    engine: Engine,
+    finished: bool,
+}
+
+impl Generation {
+    pub fn id(&self) -> RequestId {
+        self.id
+    }
+
+    /// The next event; `None` after [`GenerationEvent::Finished`] or an error.
+    pub async fn next(&mut self) -> Option<Result<GenerationEvent>> {
+        if self.finished {
+            return None;
+        }
+        let event = self.events.recv().await.unwrap_or(Err(EngineError::EngineStopped));
+        self.finished = !matches!(event, Ok(GenerationEvent::Delta { .. }));
+        Some(event)
+    }
+
+    /// Waits for the end and returns the summary.
+    pub async fn finish(mut self) -> Result<GenerationSummary> {
+        while let Some(event) = self.next().await {
+            if let GenerationEvent::Finished(summary) = event? {
+                return Ok(summary);
+            }
+        }
+        Err(EngineError::EngineStopped)
+    }
+
+    /// Asks the engine to stop this generation; it ends with [`StopReason::Cancelled`] within one step.
+    pub fn cancel(&self) {
+        self.engine.cancel(self.id);
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.engine.cancel(self.id);
+        }
+    }
+}
+
+/// Progress of a model load, from 0.0 to 1.0.
+pub type LoadProgress = Box<dyn FnMut(f32) + Send>;
+
+/// The handle to the engine thread. Clone it freely; the thread stops when the last handle is dropped.
+#[derive(Clone)]
+pub struct Engine {
+    commands: std_mpsc::Sender<worker::Command>,
+    next_request: Arc<AtomicU64>,
+}
+
+impl Engine {
+    /// Starts the engine thread. No model is loaded yet.
+    pub fn start(options: EngineOptions) -> Result<Self> {
+        let commands = worker::spawn(options)?;
+        Ok(Self { commands, next_request: Arc::new(AtomicU64::new(1)) })
+    }
+
+    /// Loads a GGUF model, replacing the current one. Generations in flight on the old model end with an error.
+    pub async fn load_model(&self, path: &Path, progress: Option<LoadProgress>) -> Result<ModelInfo> {
+        self.call(|reply| worker::Command::LoadModel { path: path.to_path_buf(), progress, reply }).await?
+    }
+
+    pub async fn tokenize(&self, text: &str, parse_special: bool) -> Result<Vec<TokenId>> {
+        self.call(|reply| worker::Command::Tokenize { text: text.to_owned(), parse_special, reply }).await?
+    }
+
+    pub async fn detokenize(&self, tokens: &[TokenId]) -> Result<String> {
+        self.call(|reply| worker::Command::Detokenize { tokens: tokens.to_vec(), reply }).await?
+    }
+
+    /// Loads (once per path) and applies a LoRA adapter at `scale`, replacing any other. Cached sequences are
+    /// cleared: their keys and values were computed with other weights.
+    pub async fn set_adapter(&self, path: &Path, scale: f32) -> Result<AdapterInfo> {
+        self.call(|reply| worker::Command::SetAdapter { path: path.to_path_buf(), scale, reply }).await?
+    }
+
+    /// Removes the active adapter, restoring the base model.
+    pub async fn remove_adapter(&self) -> Result<()> {
+        self.call(|reply| worker::Command::RemoveAdapter { reply }).await?
+    }
+
+    pub async fn state(&self) -> Result<EngineState> {
+        self.call(|reply| worker::Command::State { reply }).await
+    }
+
+    /// Forgets what a sequence has cached.
+    pub async fn clear_sequence(&self, sequence: SequenceId) -> Result<()> {
+        self.call(|reply| worker::Command::ClearSequence { sequence, reply }).await?
+    }
+
+    /// Submits a generation. Errors in the request itself come as the stream's first item.
+    pub fn generate(&self, request: GenerateRequest) -> Generation {
+        let id = RequestId(self.next_request.fetch_add(1, Ordering::Relaxed));
+        let (events, receiver) = mpsc::unbounded_channel();
+        let sent = self.commands.send(worker::Command::Generate { id, request: Box::new(request), events });
+        let mut generation = Generation { id, events: receiver, engine: self.clone(), finished: false };
+        if let Err(std_mpsc::SendError(worker::Command::Generate { events, .. })) = sent {
+            // The receiver is ours, so this cannot fail; the stream then yields the error.
+            let _ = events.send(Err(EngineError::EngineStopped));
+            generation.finished = false;
+        }
+        generation
+    }
+
+    /// Cancels a generation by id; unknown or finished ids are ignored.
+    pub fn cancel(&self, id: RequestId) {
+        // A stopped engine has nothing left to cancel.
+        let _ = self.commands.send(worker::Command::Cancel { id });
+    }
+
+    async fn call<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> worker::Command) -> Result<T> {
+        let (reply, response) = oneshot::channel();
+        self.commands.send(command(reply)).map_err(|_| EngineError::EngineStopped)?;
+        response.await.map_err(|_| EngineError::EngineStopped)
+    }
+}

@@ -1,0 +1,724 @@
+//! The engine thread: owns the llama model and context, schedules generations step by step.
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaLoraAdapter, LlamaModel};
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::{LlamaBackendDeviceType, LogOptions};
+use tokio::sync::{mpsc as tokio_mpsc, oneshot};
+
+use super::text::{TextStop, TextStream};
+use super::validate::{self, ModelFacts};
+use super::{
+    AdapterInfo, EngineError, EngineOptions, EngineState, FlashAttention, GenerateRequest, GenerationEvent,
+    GenerationSummary, LoadProgress, ModelInfo, Priority, Prompt, RequestId, Result, SequenceId, StopReason, Timings,
+    TokenId,
+};
+
+pub(super) enum Command {
+    LoadModel { path: PathBuf, progress: Option<LoadProgress>, reply: oneshot::Sender<Result<ModelInfo>> },
+    Tokenize { text: String, parse_special: bool, reply: oneshot::Sender<Result<Vec<TokenId>>> },
+    Detokenize { tokens: Vec<TokenId>, reply: oneshot::Sender<Result<String>> },
+    SetAdapter { path: PathBuf, scale: f32, reply: oneshot::Sender<Result<AdapterInfo>> },
+    RemoveAdapter { reply: oneshot::Sender<Result<()>> },
+    State { reply: oneshot::Sender<EngineState> },
+    ClearSequence { sequence: SequenceId, reply: oneshot::Sender<Result<()>> },
+    Generate { id: RequestId, request: Box<GenerateRequest>, events: EventSender },
+    Cancel { id: RequestId },
+}
+
+type EventSender = tokio_mpsc::UnboundedSender<Result<GenerationEvent>>;
+
+/// llama.cpp's process-wide state. `llama_backend_init` may run only once per process, so the engine, the
+/// quantizer and tests all share this one.
+pub(crate) fn backend() -> Result<&'static LlamaBackend> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            // llama.cpp logs a lot, to stderr by default; the TUI and the language server own the terminal and
+            // stdout, so every line goes through tracing instead.
+            llama_cpp_2::send_logs_to_tracing(LogOptions::default());
+            #[cfg(feature = "dynamic-backends")]
+            match BACKENDS_DIR.get() {
+                Some(dir) => llama_cpp_2::llama_backend::load_backends_from_path(dir),
+                None => llama_cpp_2::llama_backend::load_backends(),
+            }
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| EngineError::Context(format!("llama.cpp backend: {e}")))
+}
+
+/// Where to find ggml backend modules (e.g. a CUDA backend built on another machine).
+#[cfg(feature = "dynamic-backends")]
+static BACKENDS_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Names the directory of ggml backend modules. Must run before the first engine starts; later calls are ignored.
+#[cfg(feature = "dynamic-backends")]
+pub fn set_backends_dir(dir: PathBuf) {
+    let _ = BACKENDS_DIR.set(dir);
+}
+
+pub(super) fn spawn(options: EngineOptions) -> Result<Sender<Command>> {
+    validate_options(&options)?;
+    backend()?;
+    let (commands, receiver) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("phi-engine".to_owned())
+        .spawn(move || Worker::new(receiver, options).run())
+        .map_err(|e| EngineError::Context(format!("cannot start the engine thread: {e}")))?;
+    Ok(commands)
+}
+
+fn validate_options(options: &EngineOptions) -> Result<()> {
+    let bad = |what: &str| Err(EngineError::Context(what.to_owned()));
+    if !(1..=64).contains(&options.sequences) {
+        return bad("the number of sequences must be between 1 and 64");
+    }
+    if options.batch_size == 0 {
+        return bad("the batch size must be at least 1");
+    }
+    if options.context_size.is_some_and(|n| n < 16) {
+        return bad("the context must hold at least 16 tokens");
+    }
+    if options.threads == Some(0) {
+        return bad("at least one thread is needed");
+    }
+    Ok(())
+}
+
+/// A loaded model and the adapters loaded into it (llama.cpp frees adapters only with their model).
+struct Loaded {
+    model: LlamaModel,
+    info: ModelInfo,
+    facts: ModelFacts,
+    adapters: Vec<(PathBuf, LlamaLoraAdapter)>,
+    active_adapter: Option<(usize, f32)>,
+}
+
+/// Why the worker left the loop that serves one context.
+enum Exit {
+    Shutdown,
+    LoadModel {
+        path: PathBuf,
+        progress: Option<LoadProgress>,
+        reply: oneshot::Sender<Result<ModelInfo>>,
+    },
+    /// A new adapter needs `&mut LlamaModel`, which no live context may borrow.
+    InitAdapter {
+        path: PathBuf,
+        scale: f32,
+        reply: oneshot::Sender<Result<AdapterInfo>>,
+    },
+    ContextFailed(EngineError),
+}
+
+struct Worker {
+    commands: Receiver<Command>,
+    options: EngineOptions,
+    jobs: Vec<Job>,
+    /// The tokens whose keys and values each sequence holds, in position order.
+    cached: Vec<Vec<TokenId>>,
+    steps: u64,
+}
+
+/// A generation the worker is running.
+struct Job {
+    id: RequestId,
+    sequence: usize,
+    priority: Priority,
+    max_tokens: usize,
+    stop_at_eog: bool,
+    return_logits: bool,
+    prompt: Vec<TokenId>,
+    generated: Vec<TokenId>,
+    sampler: LlamaSampler,
+    text: TextStream,
+    events: EventSender,
+    submitted: Instant,
+    reused_tokens: Option<usize>,
+    timings: Timings,
+    last_logits: Option<Vec<f32>>,
+    /// The worker step at which this job last ran, for round-robin among equals.
+    last_step: u64,
+}
+
+impl Job {
+    fn token(&self, i: usize) -> TokenId {
+        if i < self.prompt.len() {
+            self.prompt[i]
+        } else {
+            self.generated[i - self.prompt.len()]
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.prompt.len() + self.generated.len()
+    }
+}
+
+impl Worker {
+    fn new(commands: Receiver<Command>, options: EngineOptions) -> Self {
+        Self { commands, options, jobs: Vec::new(), cached: Vec::new(), steps: 0 }
+    }
+
+    fn run(mut self) {
+        let mut loaded: Option<Loaded> = None;
+        loop {
+            let exit = match loaded.as_mut() {
+                None => self.serve_without_model(),
+                Some(loaded) => self.serve_model(loaded),
+            };
+            match exit {
+                Exit::Shutdown => return,
+                Exit::LoadModel { path, progress, reply } => {
+                    self.fail_all(&EngineError::Context("the model was replaced".to_owned()));
+                    // Free the old model before loading the new one: two 1.3B models may not fit.
+                    loaded = None;
+                    let result = load_model(&path, progress, &self.options);
+                    let _ = reply.send(result.as_ref().map(|l| l.info.clone()).map_err(Clone::clone));
+                    if let Ok(new) = result {
+                        self.cached = vec![Vec::new(); new.info.sequences as usize];
+                        loaded = Some(new);
+                    }
+                }
+                Exit::InitAdapter { path, scale, reply } => {
+                    let Some(loaded) = loaded.as_mut() else {
+                        let _ = reply.send(Err(EngineError::NoModel));
+                        continue;
+                    };
+                    let result = match loaded.model.lora_adapter_init(&path) {
+                        Ok(adapter) => {
+                            loaded.adapters.push((path.clone(), adapter));
+                            loaded.active_adapter = Some((loaded.adapters.len() - 1, scale));
+                            Ok(AdapterInfo { path, scale })
+                        }
+                        Err(e) => Err(EngineError::InvalidAdapter { path, reason: e.to_string() }),
+                    };
+                    let _ = reply.send(result);
+                }
+                Exit::ContextFailed(error) => {
+                    tracing::error!(%error, "dropping the model");
+                    self.fail_all(&error);
+                    loaded = None;
+                }
+            }
+        }
+    }
+
+    fn serve_without_model(&mut self) -> Exit {
+        loop {
+            let Ok(command) = self.commands.recv() else { return Exit::Shutdown };
+            match command {
+                Command::LoadModel { path, progress, reply } => return Exit::LoadModel { path, progress, reply },
+                Command::State { reply } => {
+                    let _ = reply.send(EngineState::default());
+                }
+                Command::Cancel { .. } => {}
+                Command::Generate { events, .. } => {
+                    let _ = events.send(Err(EngineError::NoModel));
+                }
+                Command::Tokenize { reply, .. } => reply_no_model(reply),
+                Command::Detokenize { reply, .. } => reply_no_model(reply),
+                Command::SetAdapter { reply, .. } => reply_no_model(reply),
+                Command::RemoveAdapter { reply } => reply_no_model(reply),
+                Command::ClearSequence { reply, .. } => reply_no_model(reply),
+            }
+        }
+    }
+
+    fn serve_model(&mut self, loaded: &mut Loaded) -> Exit {
+        let Loaded { model, info, facts, adapters, active_adapter } = loaded;
+        let model: &LlamaModel = model;
+        let backend = match backend() {
+            Ok(backend) => backend,
+            Err(e) => return Exit::ContextFailed(e),
+        };
+        let mut ctx = match model.new_context(backend, context_params(&self.options, info)) {
+            Ok(ctx) => ctx,
+            Err(e) => return Exit::ContextFailed(EngineError::Context(e.to_string())),
+        };
+        // A fresh context holds nothing: jobs in flight re-decode what they need on their next step.
+        self.cached.iter_mut().for_each(Vec::clear);
+        if let Some((index, scale)) = *active_adapter {
+            if let Err(e) = ctx.lora_adapter_set(&mut adapters[index].1, scale) {
+                tracing::error!(error = %e, "could not re-apply the LoRA adapter");
+                *active_adapter = None;
+            }
+        }
+        let mut batch = LlamaBatch::new(self.options.batch_size as usize, 1);
+        loop {
+            // Read every waiting command before the next step, so a cancel or a more urgent request is seen
+            // within one step. With nothing to run, block until something arrives.
+            let command = if self.jobs.is_empty() {
+                match self.commands.recv() {
+                    Ok(command) => command,
+                    Err(_) => return Exit::Shutdown,
+                }
+            } else {
+                match self.commands.try_recv() {
+                    Ok(command) => command,
+                    Err(TryRecvError::Empty) => {
+                        self.step(&mut ctx, model, info, &mut batch);
+                        continue;
+                    }
+                    Err(TryRecvError::Disconnected) => return Exit::Shutdown,
+                }
+            };
+            let mut session = Session {
+                ctx: &mut ctx,
+                model,
+                info,
+                facts,
+                adapters: &mut *adapters,
+                active_adapter: &mut *active_adapter,
+            };
+            if let Some(exit) = self.handle(command, &mut session) {
+                return exit;
+            }
+        }
+    }
+
+    /// Handles one command; returns an exit when the context must go.
+    fn handle(&mut self, command: Command, session: &mut Session<'_, '_>) -> Option<Exit> {
+        match command {
+            Command::LoadModel { path, progress, reply } => return Some(Exit::LoadModel { path, progress, reply }),
+            Command::Tokenize { text, parse_special, reply } => {
+                let _ = reply.send(Ok(tokenize(session.model, &text, parse_special)));
+            }
+            Command::Detokenize { tokens, reply } => {
+                let _ = reply.send(detokenize(session.model, session.info, &tokens));
+            }
+            Command::SetAdapter { path, scale, reply } => return self.set_adapter(session, path, scale, reply),
+            Command::RemoveAdapter { reply } => {
+                let result = match session.active_adapter.take() {
+                    Some((index, _)) => session
+                        .ctx
+                        .lora_adapter_remove(&mut session.adapters[index].1)
+                        .map(|()| self.clear_all(session.ctx))
+                        .map_err(|e| EngineError::Context(format!("removing the adapter: {e}"))),
+                    None => Ok(()),
+                };
+                let _ = reply.send(result);
+            }
+            Command::State { reply } => {
+                let _ = reply.send(EngineState {
+                    model: Some(session.info.clone()),
+                    adapter: session
+                        .active_adapter
+                        .map(|(index, scale)| AdapterInfo { path: session.adapters[index].0.clone(), scale }),
+                    cached_tokens: self.cached.iter().map(Vec::len).collect(),
+                    pending_requests: self.jobs.len(),
+                });
+            }
+            Command::ClearSequence { sequence, reply } => {
+                let result = self.check_sequence(sequence).map(|seq| self.clear_sequence(session.ctx, seq));
+                let _ = reply.send(result);
+            }
+            Command::Generate { id, request, events } => match self.new_job(id, *request, events.clone(), session) {
+                Ok(job) => self.jobs.push(job),
+                Err(e) => {
+                    let _ = events.send(Err(e));
+                }
+            },
+            Command::Cancel { id } => {
+                if let Some(index) = self.jobs.iter().position(|job| job.id == id) {
+                    let job = self.jobs.remove(index);
+                    finish(job, StopReason::Cancelled);
+                }
+            }
+        }
+        None
+    }
+
+    fn set_adapter(
+        &mut self,
+        session: &mut Session<'_, '_>,
+        path: PathBuf,
+        scale: f32,
+        reply: oneshot::Sender<Result<AdapterInfo>>,
+    ) -> Option<Exit> {
+        if !scale.is_finite() {
+            let _ = reply.send(Err(EngineError::InvalidAdapter { path, reason: format!("bad scale {scale}") }));
+            return None;
+        }
+        let path = match validate::adapter_file(&path, session.facts) {
+            Ok(canonical) => canonical,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return None;
+            }
+        };
+        let Some(index) = session.adapters.iter().position(|(p, _)| *p == path) else {
+            return Some(Exit::InitAdapter { path, scale, reply });
+        };
+        let result = session
+            .ctx
+            .lora_adapter_set(&mut session.adapters[index].1, scale)
+            .map_err(|e| EngineError::InvalidAdapter { path: path.clone(), reason: e.to_string() });
+        if result.is_ok() {
+            *session.active_adapter = Some((index, scale));
+        }
+        // Whatever happened, cached keys and values may no longer match the weights.
+        self.clear_all(session.ctx);
+        let _ = reply.send(result.map(|()| AdapterInfo { path, scale }));
+        None
+    }
+
+    fn check_sequence(&self, sequence: SequenceId) -> Result<usize> {
+        let sequences = self.cached.len();
+        if (sequence.0 as usize) < sequences {
+            Ok(sequence.0 as usize)
+        } else {
+            Err(EngineError::InvalidSequence { sequence: sequence.0, sequences: sequences as u32 })
+        }
+    }
+
+    fn clear_sequence(&mut self, ctx: &mut LlamaContext<'_>, seq: usize) {
+        // Removing a whole sequence's range cannot fail for a valid id.
+        let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+        self.cached[seq].clear();
+    }
+
+    fn clear_all(&mut self, ctx: &mut LlamaContext<'_>) {
+        ctx.clear_kv_cache();
+        self.cached.iter_mut().for_each(Vec::clear);
+    }
+
+    /// Validates a request completely, so that nothing it carries can reach an assert inside llama.cpp.
+    fn new_job(
+        &self,
+        id: RequestId,
+        request: GenerateRequest,
+        events: EventSender,
+        session: &Session<'_, '_>,
+    ) -> Result<Job> {
+        let sequence = self.check_sequence(request.sequence)?;
+        request.sampling.validate()?;
+        let prompt = match request.prompt {
+            // Special tokens written in the text count as such, as in transformers' `tokenizer(text)`.
+            Prompt::Text(text) => tokenize(session.model, &text, true),
+            Prompt::Tokens(tokens) => tokens,
+        };
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        check_tokens(&prompt, session.info.n_vocab)?;
+        let context_size = session.info.context_size as usize;
+        if prompt.len() > context_size {
+            return Err(EngineError::PromptTooLong { prompt_tokens: prompt.len(), context_size });
+        }
+        let mut sampler = request.sampling.build(session.info.n_vocab);
+        if request.sampling.repeat_penalty != 1.0 {
+            // The penalty looks at recent tokens, the prompt's included, as llama.cpp's own tools do.
+            sampler.accept_many(prompt.iter().map(|&t| LlamaToken(t)));
+        }
+        Ok(Job {
+            id,
+            sequence,
+            priority: request.priority,
+            max_tokens: request.max_tokens as usize,
+            stop_at_eog: request.stop_at_eog,
+            return_logits: request.return_logits,
+            prompt,
+            generated: Vec::new(),
+            sampler,
+            text: TextStream::new(request.stop_strings, request.stop_predicate),
+            events,
+            submitted: Instant::now(),
+            reused_tokens: None,
+            timings: Timings::default(),
+            last_logits: None,
+            last_step: 0,
+        })
+    }
+
+    /// The job to run next: among the oldest job of each sequence (a sequence serves its requests in order), the
+    /// highest priority; among equals, the one that waited longest since it last ran.
+    fn next_job(&self) -> Option<usize> {
+        let mut best: Option<usize> = None;
+        for (index, job) in self.jobs.iter().enumerate() {
+            if self.jobs[..index].iter().any(|earlier| earlier.sequence == job.sequence) {
+                continue;
+            }
+            let better = match best {
+                None => true,
+                Some(b) => {
+                    let current = &self.jobs[b];
+                    job.priority > current.priority
+                        || (job.priority == current.priority && job.last_step < current.last_step)
+                }
+            };
+            if better {
+                best = Some(index);
+            }
+        }
+        best
+    }
+
+    /// Runs one step of the chosen job: decodes a prompt chunk, or the last sampled token, then samples.
+    fn step(&mut self, ctx: &mut LlamaContext<'_>, model: &LlamaModel, info: &ModelInfo, batch: &mut LlamaBatch) {
+        let Some(index) = self.next_job() else { return };
+        self.steps += 1;
+        let steps = self.steps;
+        let context_size = info.context_size as usize;
+        let job = &mut self.jobs[index];
+        job.last_step = steps;
+        let seq = job.sequence;
+        let target_len = job.len();
+        if target_len > context_size {
+            let job = self.jobs.remove(index);
+            finish(job, StopReason::ContextFull);
+            return;
+        }
+
+        // Reuse what the sequence already holds; the last token is always decoded again because its logits
+        // are needed and the context keeps only those of the latest decode.
+        let cached = &mut self.cached[seq];
+        let mut common = cached.iter().enumerate().take_while(|&(i, &t)| i < target_len && job.token(i) == t).count();
+        common = common.min(target_len - 1);
+        if cached.len() > common {
+            // Trimming the tail of a sequence is a partial `seq_rm`, which llama.cpp supports (unlike a partial
+            // `seq_cp`).
+            let _ = ctx.clear_kv_cache_seq(Some(seq as u32), Some(common as u32), None);
+            cached.truncate(common);
+        }
+        let in_prompt = common < job.prompt.len();
+        let started = Instant::now();
+        if job.reused_tokens.is_none() {
+            job.reused_tokens = Some(common.min(job.prompt.len()));
+            job.timings.queue_ms = ms_between(job.submitted, started);
+        }
+
+        let end = (common + self.options.batch_size as usize).min(target_len);
+        batch.clear();
+        for position in common..end {
+            let wants_logits = position + 1 == target_len;
+            if let Err(e) = batch.add(LlamaToken(job.token(position)), position as i32, &[seq as i32], wants_logits) {
+                let job = self.jobs.remove(index);
+                fail(job, EngineError::Decode(e.to_string()));
+                return;
+            }
+        }
+        if let Err(e) = ctx.decode(batch) {
+            // The sequence's state is unknown after a failed decode: drop it.
+            let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+            self.cached[seq].clear();
+            let job = self.jobs.remove(index);
+            fail(job, EngineError::Decode(e.to_string()));
+            return;
+        }
+        cached.extend((common..end).map(|i| job.token(i)));
+        if in_prompt {
+            job.timings.prompt_tokens_decoded += end - common;
+        } else {
+            job.timings.tokens_generated += end - common;
+        }
+        if end < target_len {
+            job.timings.prompt_ms += ms_between(started, Instant::now());
+            return;
+        }
+
+        let logits_index = (end - common - 1) as i32;
+        if job.return_logits && job.last_logits.is_none() {
+            job.last_logits = Some(ctx.get_logits_ith(logits_index).to_vec());
+        }
+        let outcome = if job.generated.len() >= job.max_tokens {
+            Some(StopReason::MaxTokens)
+        } else if target_len >= context_size {
+            Some(StopReason::ContextFull)
+        } else {
+            sample_next(job, ctx, model)
+        };
+        let elapsed = ms_between(started, Instant::now());
+        if in_prompt {
+            job.timings.prompt_ms += elapsed;
+        } else {
+            job.timings.gen_ms += elapsed;
+        }
+        if let Some(reason) = outcome {
+            let job = self.jobs.remove(index);
+            finish(job, reason);
+        }
+    }
+
+    fn fail_all(&mut self, error: &EngineError) {
+        for job in self.jobs.drain(..) {
+            fail(job, error.clone());
+        }
+    }
+}
+
+/// The parts of the loaded model a command may need, borrowed for one command.
+struct Session<'a, 'm> {
+    ctx: &'a mut LlamaContext<'m>,
+    model: &'a LlamaModel,
+    info: &'a ModelInfo,
+    facts: &'a ModelFacts,
+    adapters: &'a mut Vec<(PathBuf, LlamaLoraAdapter)>,
+    active_adapter: &'a mut Option<(usize, f32)>,
+}
+
+/// Samples the next token and streams its text. Returns why the generation ends, if it does.
+fn sample_next(job: &mut Job, ctx: &LlamaContext<'_>, model: &LlamaModel) -> Option<StopReason> {
+    let token = job.sampler.sample(ctx, -1);
+    job.generated.push(token.0);
+    if job.stop_at_eog && model.vocab().is_eog(token) {
+        return Some(StopReason::EndOfGeneration);
+    }
+    let piece = model.vocab().token_to_piece(token, false, None);
+    let (text, stop) = job.text.push(&piece);
+    if job.events.send(Ok(GenerationEvent::Delta { tokens: vec![token.0], text })).is_err() {
+        // Nobody listens any more: the caller dropped the stream.
+        return Some(StopReason::Cancelled);
+    }
+    match stop {
+        Some(TextStop::StopString(stop)) => Some(StopReason::StopString(stop)),
+        Some(TextStop::Predicate) => Some(StopReason::Predicate),
+        None if job.generated.len() >= job.max_tokens => Some(StopReason::MaxTokens),
+        None => None,
+    }
+}
+
+fn finish(mut job: Job, stop_reason: StopReason) {
+    let stopped_by_text = matches!(stop_reason, StopReason::StopString(_) | StopReason::Predicate);
+    if !stopped_by_text {
+        let rest = job.text.flush();
+        if !rest.is_empty() {
+            let _ = job.events.send(Ok(GenerationEvent::Delta { tokens: Vec::new(), text: rest }));
+        }
+    }
+    let summary = GenerationSummary {
+        reused_tokens: job.reused_tokens.unwrap_or(0),
+        text: job.text.text().to_owned(),
+        prompt_tokens: job.prompt,
+        tokens: job.generated,
+        stop_reason,
+        timings: job.timings,
+        last_logits: job.last_logits,
+    };
+    // The caller may have gone away; the result is then simply dropped.
+    let _ = job.events.send(Ok(GenerationEvent::Finished(summary)));
+}
+
+fn fail(job: Job, error: EngineError) {
+    let _ = job.events.send(Err(error));
+}
+
+fn reply_no_model<T>(reply: oneshot::Sender<Result<T>>) {
+    let _ = reply.send(Err(EngineError::NoModel));
+}
+
+fn ms_between(from: Instant, to: Instant) -> f64 {
+    to.duration_since(from).as_secs_f64() * 1000.0
+}
+
+/// Tokenizes as the model's GGUF asks: with a BOS token only where it says so (phi's does not).
+fn tokenize(model: &LlamaModel, text: &str, parse_special: bool) -> Vec<TokenId> {
+    model.vocab().tokenize(text.as_bytes(), true, parse_special).into_iter().map(|t| t.0).collect()
+}
+
+fn check_tokens(tokens: &[TokenId], n_vocab: i32) -> Result<()> {
+    match tokens.iter().find(|&&t| t < 0 || t >= n_vocab) {
+        Some(&token) => Err(EngineError::InvalidToken { token, n_vocab }),
+        None => Ok(()),
+    }
+}
+
+fn detokenize(model: &LlamaModel, info: &ModelInfo, tokens: &[TokenId]) -> Result<String> {
+    check_tokens(tokens, info.n_vocab)?;
+    let mut bytes = Vec::new();
+    for &token in tokens {
+        bytes.extend(model.vocab().token_to_piece(LlamaToken(token), true, None));
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn load_model(path: &Path, progress: Option<LoadProgress>, options: &EngineOptions) -> Result<Loaded> {
+    let facts = validate::model_file(path)?;
+    let backend = backend()?;
+    let gpu_layers = options.gpu_layers.unwrap_or(if backend.supports_gpu_offload() { 999 } else { 0 });
+    let mut params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers).with_main_gpu(options.main_gpu as i32);
+    if let Some(mut progress) = progress {
+        params = params.with_progress_callback(move |fraction| {
+            progress(fraction);
+            true
+        });
+    }
+    let model = LlamaModel::load_from_file(backend, path, &params)
+        .map_err(|e| EngineError::ModelLoad { path: path.to_path_buf(), reason: e.to_string() })?;
+
+    let gpu_layers = gpu_layers.min(model.n_layer() + 1);
+    let device = if gpu_layers > 0 {
+        llama_cpp_2::list_llama_ggml_backend_devices()
+            .into_iter()
+            .find(|d| matches!(d.device_type, LlamaBackendDeviceType::Gpu | LlamaBackendDeviceType::IntegratedGpu))
+            .map_or_else(|| "CPU".to_owned(), |d| format!("{} ({})", d.description, d.backend))
+    } else {
+        "CPU".to_owned()
+    };
+    let vocab = model.vocab();
+    let fim = [vocab.fim_pre().0, vocab.fim_suf().0, vocab.fim_mid().0];
+    let threads = options.threads.unwrap_or_else(default_threads);
+    let mut info = ModelInfo {
+        path: path.to_path_buf(),
+        name: facts.name.clone(),
+        architecture: facts.architecture.clone(),
+        file_type: facts.file_type.clone(),
+        parameters: model.n_params(),
+        size_bytes: model.size(),
+        n_vocab: model.n_vocab(),
+        n_layer: model.n_layer(),
+        context_train: model.n_ctx_train(),
+        context_size: 0,
+        sequences: options.sequences,
+        threads,
+        device,
+        gpu_layers,
+        flash_attention: options.flash_attention,
+        has_chat_template: model.chat_template(None).is_ok(),
+        fim_tokens: fim.iter().all(|&t| t >= 0).then_some(fim),
+        eog_token: vocab.eos().0,
+    };
+    // Create one context now, so that options the machine cannot satisfy fail the load instead of a request.
+    let ctx = model
+        .new_context(backend, context_params(options, &info))
+        .map_err(|e| EngineError::Context(format!("{}: {e}", path.display())))?;
+    info.context_size = ctx.n_ctx() / options.sequences;
+    drop(ctx);
+    Ok(Loaded { model, info, facts, adapters: Vec::new(), active_adapter: None })
+}
+
+fn context_params(options: &EngineOptions, info: &ModelInfo) -> LlamaContextParams {
+    let per_sequence = options.context_size.unwrap_or(info.context_train).max(16);
+    let threads = i32::try_from(info.threads).unwrap_or(i32::MAX);
+    let flash_attention = match options.flash_attention {
+        FlashAttention::Auto => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
+        FlashAttention::On => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+        FlashAttention::Off => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+    };
+    LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(per_sequence.saturating_mul(options.sequences)))
+        .with_n_batch(options.batch_size)
+        .with_n_ubatch(options.batch_size)
+        .with_n_seq_max(options.sequences)
+        // One KV stream per sequence: each sequence gets its own `per_sequence` tokens.
+        .with_kv_unified(false)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads)
+        .with_flash_attention_policy(flash_attention)
+}
+
+fn default_threads() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}

@@ -1,0 +1,199 @@
+//! The real `phi-tui` binary: convert (native and llama.cpp-quantized types, bad input), generate and bench.
+#![allow(clippy::unwrap_used)] // a test that cannot read its own fixtures should fail loudly
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+use phi_converters::gguf::GgufFile;
+use phi_converters::OutType;
+use serde_json::Value;
+
+fn phi_tui(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_phi-tui")).args(args).output().expect("run phi-tui")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn convert_writes_every_out_type_that_llama_cpp_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = fixtures().join("tiny-phi");
+    for (out_type, ggml_weight_type) in [
+        ("f32", "F32"),
+        ("f16", "F16"),
+        ("bf16", "BF16"),
+        ("q8_0", "Q8_0"),
+        ("q4_0", "Q4_0"),
+        ("q4_1", "Q4_1"),
+        ("q5_0", "Q5_0"),
+        ("q5_1", "Q5_1"),
+        ("q4_k_m", ""),
+        ("q5_k_m", ""),
+        ("q6_k", ""),
+    ] {
+        let output = dir.path().join(format!("tiny.{out_type}.gguf"));
+        let result =
+            phi_tui(&["convert", input.to_str().unwrap(), "-o", output.to_str().unwrap(), "--outtype", out_type]);
+        assert!(result.status.success(), "{out_type}: {}", stderr(&result));
+        let file = GgufFile::open(&output).unwrap();
+        let expected_ftype: OutType = out_type.parse().unwrap();
+        assert_eq!(file.get_u32("general.file_type"), Some(expected_ftype.llama_ftype()), "{out_type}");
+        if !ggml_weight_type.is_empty() {
+            let ffn_up = file.tensors().iter().find(|t| t.name == "blk.0.ffn_up.weight").unwrap();
+            assert_eq!(ffn_up.ggml_type.to_string(), ggml_weight_type, "{out_type}");
+        }
+
+        let generated =
+            phi_tui(&["generate", "-m", output.to_str().unwrap(), "-p", "def add(a, b):", "-n", "4", "--json"]);
+        assert!(generated.status.success(), "{out_type}: {}", stderr(&generated));
+        let json: Value = serde_json::from_slice(&generated.stdout).unwrap();
+        assert_eq!(json["tokens"].as_array().unwrap().len(), 4, "{out_type}");
+    }
+    // Only the outputs: no intermediate or temporary file is left behind.
+    assert_eq!(files_in(dir.path()).len(), 11, "{:?}", files_in(dir.path()));
+}
+
+#[test]
+fn convert_errors_are_one_line_and_leave_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.gguf");
+    let missing = dir.path().join("no-such-checkpoint");
+    let missing = missing.to_str().unwrap();
+    let tiny_phi = fixtures().join("tiny-phi");
+    let tiny_phi = tiny_phi.to_str().unwrap();
+    let cases: [(&[&str], &str); 3] = [
+        (&[missing], "config.json"),
+        (&[tiny_phi, "--outtype", "q3_xs"], "q3_xs"),
+        (&[tiny_phi, "--tokenizer", missing], "no-such-checkpoint"),
+    ];
+    for (args, needle) in cases {
+        let mut full = vec!["convert", "-o", output.to_str().unwrap()];
+        full.extend_from_slice(args);
+        let result = phi_tui(&full);
+        assert!(!result.status.success(), "{args:?} succeeded");
+        let message = stderr(&result);
+        let first_line = message.lines().next().unwrap_or_default();
+        assert!(first_line.starts_with("error: ") && first_line.contains(needle), "{args:?}: {message}");
+        // clap adds a "For more information, try '--help'." hint after a usage error; everything else is one line.
+        let hint = message.contains("try '--help'");
+        assert_eq!(message.trim_end().lines().filter(|l| !l.is_empty()).count(), if hint { 2 } else { 1 }, "{message}");
+        assert!(files_in(dir.path()).is_empty(), "{args:?} left {:?}", files_in(dir.path()));
+    }
+    // A quantized type whose output cannot be written fails before any work, and leaves nothing either.
+    let unwritable = dir.path().join("missing-dir/out.gguf");
+    let result = phi_tui(&["convert", tiny_phi, "-o", unwritable.to_str().unwrap(), "--outtype", "q4_0"]);
+    assert!(!result.status.success());
+    assert!(stderr(&result).contains("missing-dir"), "{}", stderr(&result));
+    assert!(files_in(dir.path()).is_empty(), "{:?}", files_in(dir.path()));
+}
+
+#[test]
+fn generate_json_reproduces_the_reference_greedy_tokens() {
+    let model = converted("tiny-phi", OutType::F16);
+    let reference = reference_prompts(&fixtures().join("tiny-phi/reference"));
+    let prompt = reference.iter().find(|p| p.name == "def_docstring").unwrap();
+    let result = phi_tui(&[
+        "generate",
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        &prompt.text,
+        "-n",
+        "24",
+        "--ignore-eos",
+        "--json",
+        "--threads",
+        "2",
+    ]);
+    assert!(result.status.success(), "{}", stderr(&result));
+    let json: Value = serde_json::from_slice(&result.stdout).unwrap();
+    let prompt_tokens: Vec<i32> = serde_json::from_value(json["prompt_tokens"].clone()).unwrap();
+    let tokens: Vec<i32> = serde_json::from_value(json["tokens"].clone()).unwrap();
+    assert_eq!(prompt_tokens, prompt.ids);
+    let stable = prompt.greedy.stable_prefix(0.05);
+    assert_eq!(&tokens[..stable.len()], stable);
+    assert_eq!(tokens.len(), 24);
+    assert!(json["text"].is_string());
+    for key in ["prompt_ms", "gen_ms", "prompt_tok_s", "gen_tok_s"] {
+        assert!(json["timings"][key].as_f64().unwrap() > 0.0, "{key}: {}", json["timings"]);
+    }
+    // Nothing but the JSON object goes to stdout: llama.cpp's logs stay off it.
+    assert_eq!(String::from_utf8_lossy(&result.stdout).trim().lines().count(), 1);
+}
+
+#[test]
+fn generate_streams_text_and_honours_stop_strings() {
+    let model = converted("tiny-phi", OutType::F16);
+    let plain =
+        phi_tui(&["generate", "-m", model.to_str().unwrap(), "-p", "def add(a, b):", "-n", "12", "--ignore-eos"]);
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    let text = String::from_utf8(plain.stdout).unwrap();
+    let text = text.strip_suffix('\n').unwrap();
+    let stop: String = text.chars().skip(text.chars().count() / 2).take(2).collect();
+    let stopped = phi_tui(&[
+        "generate",
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        "def add(a, b):",
+        "-n",
+        "12",
+        "--ignore-eos",
+        "--stop",
+        &stop,
+    ]);
+    let stopped = String::from_utf8(stopped.stdout).unwrap();
+    assert_eq!(stopped.strip_suffix('\n').unwrap(), &text[..text.find(&stop).unwrap()]);
+}
+
+#[test]
+fn generate_reports_bad_input_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.gguf");
+    let result = phi_tui(&["generate", "-m", missing.to_str().unwrap(), "-p", "x"]);
+    assert!(!result.status.success());
+    assert!(stderr(&result).contains("missing.gguf"), "{}", stderr(&result));
+
+    let model = converted("tiny-phi", OutType::F16);
+    let long_prompt = "x = 1\n".repeat(400);
+    let result = phi_tui(&["generate", "-m", model.to_str().unwrap(), "-p", &long_prompt, "--ctx-size", "64"]);
+    assert!(!result.status.success());
+    assert!(stderr(&result).contains("tokens but a sequence holds at most"), "{}", stderr(&result));
+}
+
+#[test]
+fn bench_reports_throughput_as_json() {
+    let model = converted("tiny-phi", OutType::F16);
+    let result = phi_tui(&[
+        "bench",
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        "64",
+        "-n",
+        "8",
+        "-r",
+        "2",
+        "--json",
+        "--threads",
+        "2",
+    ]);
+    assert!(result.status.success(), "{}", stderr(&result));
+    let json: Value = serde_json::from_slice(&result.stdout).unwrap();
+    assert!(json["pp_tok_s"].as_f64().unwrap() > 0.0);
+    assert!(json["tg_tok_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(json["device"], "CPU");
+    assert_eq!(json["pp_runs_tok_s"].as_array().unwrap().len(), 2);
+}
