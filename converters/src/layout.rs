@@ -172,8 +172,9 @@ fn expected_tensors(layout: Layout, config: &ModelConfig) -> Vec<ExpectedTensor>
             match layout {
                 Layout::Transformers => {
                     for (proj, gguf, rows) in projections {
+                        // Stored whole only in this layout, so the phi-msft slot never gets picked.
                         let name = t(&format!("self_attn.{proj}.{part}"));
-                        whole.push((String::new(), name, g(&format!("{gguf}.{part}")), shape_of(rows)));
+                        whole.push((name.clone(), name, g(&format!("{gguf}.{part}")), shape_of(rows)));
                     }
                 }
                 Layout::PhiMsft => {
@@ -204,4 +205,71 @@ fn expected_tensors(layout: Layout, config: &ModelConfig) -> Vec<ExpectedTensor>
         expected.push(ExpectedTensor { name, shape, targets: vec![(transformers, gguf, rows)] });
     }
     expected
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::*;
+    use crate::config::ConfigStyle;
+
+    fn config() -> ModelConfig {
+        ModelConfig {
+            style: ConfigStyle::Transformers5,
+            vocab_size: 100,
+            hidden_size: 8,
+            intermediate_size: 32,
+            num_layers: 2,
+            num_heads: 2,
+            num_kv_heads: 1,
+            context_length: 64,
+            layer_norm_eps: 1e-5,
+            rope_dims: 2,
+            rope_theta: 10000.0,
+        }
+    }
+
+    #[test]
+    fn both_layouts_produce_the_same_gguf_tensors() {
+        let gguf_names = |layout| {
+            let mut names: Vec<(String, String, Vec<usize>)> = expected_tensors(layout, &config())
+                .into_iter()
+                .flat_map(|e| {
+                    let row: usize = e.shape[1..].iter().product();
+                    e.targets.into_iter().map(move |(canonical, gguf, rows)| (canonical, gguf, vec![rows.len(), row]))
+                })
+                .collect();
+            names.sort();
+            names
+        };
+        let transformers = gguf_names(Layout::Transformers);
+        assert_eq!(transformers.len(), 5 + 2 * 14); // per layer: norm, q, k, v, dense, fc1, fc2 (weight + bias)
+        assert_eq!(transformers, gguf_names(Layout::PhiMsft));
+        // With one kv head of 4 channels, k and v have 4 rows.
+        assert!(transformers.contains(&(
+            "model.layers.1.self_attn.k_proj.weight".into(),
+            "blk.1.attn_k.weight".into(),
+            vec![4, 8]
+        )));
+    }
+
+    #[test]
+    fn the_fused_qkv_has_q_k_v_rows_in_order() {
+        let expected = expected_tensors(Layout::PhiMsft, &config());
+        let wqkv = expected.iter().find(|e| e.name == "transformer.h.0.mixer.Wqkv.weight").unwrap();
+        assert_eq!(wqkv.shape, [16, 8]);
+        let rows: Vec<(&str, Range<usize>)> = wqkv.targets.iter().map(|(_, g, r)| (g.as_str(), r.clone())).collect();
+        assert_eq!(
+            rows,
+            [("blk.0.attn_q.weight", 0..8), ("blk.0.attn_k.weight", 8..12), ("blk.0.attn_v.weight", 12..16)]
+        );
+        assert_eq!(expected.len(), 5 + 2 * 10);
+    }
+
+    #[test]
+    fn inv_freq_buffers_are_the_only_ignored_names() {
+        assert!(is_ignored("model.layers.0.self_attn.rotary_emb.inv_freq"));
+        assert!(is_ignored("transformer.h.3.mixer.rotary_emb.inv_freq"));
+        assert!(!is_ignored("model.layers.0.self_attn.q_proj.weight"));
+    }
 }

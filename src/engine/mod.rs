@@ -154,7 +154,8 @@ pub struct ModelInfo {
     pub has_chat_template: bool,
     /// Fill-in-the-middle tokens (prefix, suffix, middle), when the vocabulary has them (phi-1's has none).
     pub fim_tokens: Option<[TokenId; 3]>,
-    pub eog_token: TokenId,
+    /// The end-of-text token (`<|endoftext|>` for phi).
+    pub eos_token: TokenId,
 }
 
 /// The active LoRA adapter.
@@ -266,7 +267,9 @@ pub struct Timings {
     pub gen_ms: f64,
     /// Prompt tokens decoded (the reused prefix is not counted).
     pub prompt_tokens_decoded: usize,
-    pub tokens_generated: usize,
+    /// Generated tokens decoded. The last generated token is sampled but never decoded, so this is one less
+    /// than the tokens generated; `gen_ms` covers exactly these decodes (plus sampling).
+    pub gen_tokens_decoded: usize,
 }
 
 impl Timings {
@@ -275,7 +278,7 @@ impl Timings {
     }
 
     pub fn gen_tok_s(&self) -> f64 {
-        per_second(self.tokens_generated, self.gen_ms)
+        per_second(self.gen_tokens_decoded, self.gen_ms)
     }
 }
 
@@ -418,13 +421,11 @@ impl Engine {
         let id = RequestId(self.next_request.fetch_add(1, Ordering::Relaxed));
         let (events, receiver) = mpsc::unbounded_channel();
         let sent = self.commands.send(worker::Command::Generate { id, request: Box::new(request), events });
-        let mut generation = Generation { id, events: receiver, engine: self.clone(), finished: false };
         if let Err(std_mpsc::SendError(worker::Command::Generate { events, .. })) = sent {
-            // The receiver is ours, so this cannot fail; the stream then yields the error.
+            // The engine thread is gone: the stream's first item says so. (The receiver is ours: this send works.)
             let _ = events.send(Err(EngineError::EngineStopped));
-            generation.finished = false;
         }
-        generation
+        Generation { id, events: receiver, engine: self.clone(), finished: false }
     }
 
     /// Cancels a generation by id; unknown or finished ids are ignored.

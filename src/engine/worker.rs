@@ -522,7 +522,7 @@ impl Worker {
         if in_prompt {
             job.timings.prompt_tokens_decoded += end - common;
         } else {
-            job.timings.tokens_generated += end - common;
+            job.timings.gen_tokens_decoded += end - common;
         }
         if end < target_len {
             job.timings.prompt_ms += ms_between(started, Instant::now());
@@ -688,7 +688,7 @@ fn load_model(path: &Path, progress: Option<LoadProgress>, options: &EngineOptio
         flash_attention: options.flash_attention,
         has_chat_template: model.chat_template(None).is_ok(),
         fim_tokens: fim.iter().all(|&t| t >= 0).then_some(fim),
-        eog_token: vocab.eos().0,
+        eos_token: vocab.eos().0,
     };
     // Create one context now, so that options the machine cannot satisfy fail the load instead of a request.
     let ctx = model
