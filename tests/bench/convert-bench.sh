@@ -16,12 +16,15 @@ mkdir -p "$work"
 
 [ -f "$work/phi1-f32/model.safetensors" ] || python3 tests/bench/make_phi1_checkpoint.py "$work/phi1-f32"
 cargo build --release --quiet
+bin=${CARGO_TARGET_DIR:-target}/release/phi-tui
 # Read the checkpoint once so both converters start from the page cache.
 cat "$work/phi1-f32/model.safetensors" >/dev/null
 
 measure() { # name, command...
     local name=$1; shift
     rm -f "$work/out.gguf"
+    # Start each run with no dirty pages of an earlier output still being written back.
+    sync
     /usr/bin/time -f "%e %M" -o "$work/$name.time" "$@" >"$work/$name.log" 2>&1
     read -r wall rss_kb <"$work/$name.time"
     printf '%-22s %8.1f s %10.0f MiB\n' "$name" "$wall" "$((rss_kb / 1024))" | tee -a "$work/results.txt"
@@ -30,7 +33,7 @@ measure() { # name, command...
 
 : >"$work/results.txt"
 printf '%-22s %10s %14s\n' converter wall "peak RSS"
-measure phi-tui target/release/phi-tui convert "$work/phi1-f32" -o "$work/out.gguf" --outtype f16
+measure phi-tui "$bin" convert "$work/phi1-f32" -o "$work/out.gguf" --outtype f16
 if [ -n "${LLAMA_CONVERTER:-}" ]; then
     measure convert_hf_to_gguf.py "$python" "$LLAMA_CONVERTER" "$work/phi1-f32" --outtype f16 --outfile "$work/out.gguf"
 fi

@@ -13,6 +13,7 @@ threads=${THREADS:-2} np=${NP:-128} ng=${NG:-32} reps=${REPS:-3} rounds=${ROUNDS
 mkdir -p "$work"
 
 cargo build --release --quiet
+bin=${CARGO_TARGET_DIR:-target}/release/phi-tui
 llama=$(ls -d ~/.cargo/registry/src/*/llama-cpp-sys-2-0.1.161/llama.cpp | head -n 1)
 if [ ! -x "$work/pbench" ]; then
     cmake -S "$llama" -B "$work/llama-build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
@@ -29,12 +30,12 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a
 printf '%-6s %-4s %12s %12s %7s\n' type test "engine tok/s" "raw tok/s" ratio
 for type in ${TYPES:-q8_0 f16}; do
     model="$work/phi1.$type.gguf"
-    [ -f "$model" ] || target/release/phi-tui convert "$work/phi1-f32" -o "$model" --outtype "$type" 2>/dev/null
+    [ -f "$model" ] || "$bin" convert "$work/phi1-f32" -o "$model" --outtype "$type" 2>/dev/null
     : >"$work/engine.$type" ; : >"$work/raw.$type"
     for _ in $(seq "$rounds"); do
         "$work/pbench" "$model" 0 1 "$np" "$ng" "$reps" "$threads" \
             | sed -E 's/.*pp[0-9]+=([0-9.]+).*tg[0-9]+=([0-9.]+).*/\1 \2/' >>"$work/raw.$type"
-        target/release/phi-tui bench -m "$model" -p "$np" -n "$ng" -r "$reps" --threads "$threads" --flash-attn on \
+        "$bin" bench -m "$model" -p "$np" -n "$ng" -r "$reps" --threads "$threads" --flash-attn on \
             --ngl 0 --json | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["pp_tok_s"], j["tg_tok_s"])' \
             >>"$work/engine.$type"
     done
