@@ -2,8 +2,14 @@
 //!
 //! The library holds everything the `phi-tui` binary wires together; see ARCHITECTURE.md for the map.
 
+pub mod config;
 pub mod engine;
+pub mod eval;
+pub mod finetune;
 pub mod logging;
+pub mod lsp_backend;
+pub mod sandbox;
+pub mod tui;
 
 /// The phi-1 tokenizer, bundled so that checkpoints shipped without one still convert.
 pub mod bundled {

@@ -1,7 +1,8 @@
 //! The boundary between the language server and whatever produces completions.
 //!
 //! **API boundary:** the server sees a completion engine only through [`CompletionBackend`]. The `phi-tui` binary
-//! implements it on its inference engine; the tests implement it with [`crate::testing::FakeBackend`].
+//! implements it on its inference engine; the tests implement it with
+//! `testing::FakeBackend` (feature `test-support`).
 
 use std::fmt;
 use std::path::PathBuf;

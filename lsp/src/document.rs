@@ -53,12 +53,12 @@ mod tests {
     #[test]
     fn incremental_changes_count_utf16_units() {
         let mut doc = Document::new("s = 'é🐍'\nx = 1\n".into(), 1, "python".into());
-        // Insert after the snake: column 4 (`s = '`) + 1 (é) + 2 (🐍) = 7.
-        doc.apply_change(Some((pos(0, 7), pos(0, 7))), "!");
+        // Insert after the snake: 5 units (`s = '`) + 1 (é) + 2 (🐍) = 8.
+        doc.apply_change(Some((pos(0, 8), pos(0, 8))), "!");
         assert_eq!(doc.text, "s = 'é🐍!'\nx = 1\n");
         assert!(!doc.last_edit_deleted);
         // Replace across the line break.
-        doc.apply_change(Some((pos(0, 9), pos(1, 1))), "\ny");
+        doc.apply_change(Some((pos(0, 10), pos(1, 1))), "\ny");
         assert_eq!(doc.text, "s = 'é🐍!'\ny = 1\n");
         // Delete the snake (two units).
         doc.apply_change(Some((pos(0, 6), pos(0, 8))), "");

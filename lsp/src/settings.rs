@@ -126,7 +126,9 @@ impl Settings {
                 }
             };
             if let Err(expected) = result {
-                warnings.push(format!("phi-tui setting `{key}` must be {expected}, not {value}; keeping the previous value"));
+                warnings.push(format!(
+                    "phi-tui setting `{key}` must be {expected}, not {value}; keeping the previous value"
+                ));
             }
         }
         warnings

@@ -195,11 +195,8 @@ impl StopRules {
         if !line.has_content {
             return None;
         }
-        let repeated = if line.index == 0 {
-            format!("{}{text}", self.line_prefix).trim() == next
-        } else {
-            text.trim() == next
-        };
+        let repeated =
+            if line.index == 0 { format!("{}{text}", self.line_prefix).trim() == next } else { text.trim() == next };
         repeated.then_some(line.cut_before)
     }
 }
@@ -244,7 +241,10 @@ mod tests {
     #[test]
     fn dedent_ends_a_block() {
         let source = "def f(x):\n    █";
-        assert_eq!(cut(source, Shape::Block, "y = x + 1\n    return y\n\ndef g():\n    pass"), "y = x + 1\n    return y");
+        assert_eq!(
+            cut(source, Shape::Block, "y = x + 1\n    return y\n\ndef g():\n    pass"),
+            "y = x + 1\n    return y"
+        );
         assert_eq!(cut(source, Shape::Block, "return x\nprint(f(1))"), "return x");
     }
 

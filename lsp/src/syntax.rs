@@ -32,9 +32,11 @@ pub fn longest_valid_prefix<'a>(before: &str, suggestion: &'a str, after: &str) 
     let Some(baseline) = error_count(&format!("{before}{after}")) else { return Some(suggestion) };
     let mut ends: Vec<usize> = suggestion.match_indices('\n').map(|(i, _)| i).filter(|&i| i > 0).collect();
     ends.push(suggestion.len());
-    ends.into_iter().rev().map(|end| &suggestion[..end]).filter(|candidate| !candidate.trim().is_empty()).find(
-        |candidate| error_count(&format!("{before}{candidate}{after}")).is_none_or(|errors| errors <= baseline),
-    )
+    ends.into_iter()
+        .rev()
+        .map(|end| &suggestion[..end])
+        .filter(|candidate| !candidate.trim().is_empty())
+        .find(|candidate| error_count(&format!("{before}{candidate}{after}")).is_none_or(|errors| errors <= baseline))
 }
 
 #[cfg(test)]

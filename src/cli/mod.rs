@@ -2,7 +2,11 @@
 
 mod bench;
 mod convert;
+mod eval;
+mod finetune;
 mod generate;
+mod lsp;
+mod tui;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,11 +15,43 @@ use clap::{Args, Parser, Subcommand};
 use phi_tui::engine::{EngineOptions, FlashAttention};
 
 #[derive(Parser)]
-#[command(name = "phi-tui", version, about = "A local, private code assistant around phi-1")]
+#[command(
+    name = "phi-tui",
+    version,
+    about = "A local, private code assistant around phi-1",
+    long_about = "A local, private code assistant around phi-1.\n\nWith no subcommand, opens the chat TUI (F1 there \
+                  lists every key).",
+    after_long_help = TUI_HELP,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// The chat TUI's options (when no subcommand is given)
+    #[command(flatten)]
+    tui: tui::TuiArgs,
 }
+
+const TUI_HELP: &str = "\
+The TUI reads config.toml from the config directory (~/.config/phi-tui on Linux; $PHI_TUI_CONFIG_DIR overrides it)
+and keeps conversations and its log (phi-tui.log) in the data directory (~/.local/share/phi-tui; $PHI_TUI_DATA_DIR).
+
+config.toml (every setting optional):
+  model = \"/path/to/phi-1.f16.gguf\"   # used without -m
+  lora = \"/path/to/adapter.gguf\"       # optional; lora_scale = 1.0
+  mode = \"code\"                        # or \"chat\" (default: code for models without a chat template)
+  max_tokens = 256
+  temperature = 0.0                     # greedy
+  mouse = true                          # capture the mouse (F2 toggles)
+  theme = \"base16-ocean.dark\"
+  [keys]                                # command = key or [keys]
+  send = \"enter\"
+  newline = [\"alt-enter\", \"ctrl-j\"]
+
+Commands for [keys]: send newline cancel quit history_prev history_next scroll_up scroll_down scroll_bottom
+regenerate edit_last toggle_mode new_session sessions prev_block next_block copy_block copy_reply run_block
+export toggle_mouse load_model load_adapter help. Keys: enter, esc, tab, up, pageup, f1…f24, a, ctrl-x,
+alt-enter, shift-tab, …";
 
 #[derive(Subcommand)]
 enum Command {
@@ -25,6 +61,12 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Measure prompt-processing and generation speed through the engine
     Bench(bench::BenchArgs),
+    /// Serve Python completions to an editor over the Language Server Protocol (stdio)
+    Lsp(lsp::LspArgs),
+    /// Fine-tune a LoRA adapter on your data (or import a PEFT adapter with --import-peft)
+    Finetune(finetune::FinetuneArgs),
+    /// Evaluate a model on HumanEval or MBPP (pass@k)
+    Eval(eval::EvalArgs),
 }
 
 pub fn run() -> anyhow::Result<ExitCode> {
@@ -33,12 +75,10 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Convert(args)) => convert::run(args),
         Some(Command::Generate(args)) => generate::run(args),
         Some(Command::Bench(args)) => bench::run(args),
-        None => {
-            // The chat TUI is the default once it exists; until then, say what there is.
-            use clap::CommandFactory;
-            Cli::command().print_help()?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Some(Command::Lsp(args)) => lsp::run(args),
+        Some(Command::Finetune(args)) => finetune::run(args),
+        Some(Command::Eval(args)) => eval::run(args),
+        None => tui::run(cli.tui),
     }
 }
 

@@ -18,8 +18,8 @@ llama=$(ls -d ~/.cargo/registry/src/*/llama-cpp-sys-2-0.1.161/llama.cpp | head -
 if [ ! -x "$work/pbench" ]; then
     cmake -S "$llama" -B "$work/llama-build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
-        -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_COMMON=OFF >/dev/null
-    cmake --build "$work/llama-build" -j"$(nproc)" --target llama >/dev/null
+        -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_COMMON=OFF >/dev/null 2>&1
+    cmake --build "$work/llama-build" -j"$(nproc)" --target llama >/dev/null 2>&1
     g++ -O2 -std=c++17 tests/bench/pbench.cpp -I "$llama/include" -I "$llama/ggml/include" -L "$work/llama-build/bin" \
         -lllama -lggml -lggml-base -Wl,-rpath,"$work/llama-build/bin" -o "$work/pbench"
 fi

@@ -1,0 +1,344 @@
+//! `phi-tui finetune`: train a LoRA adapter on a JSONL file or a Python repository, write it as a llama.cpp GGUF
+//! (for `generate --lora` and the running session) and as a PEFT directory (for Python tools). With
+//! `--import-peft DIR` it converts an existing PEFT adapter to GGUF instead.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use phi_tui::finetune::{
+    self, AdamWConfig, BaseModel, DataOptions, LoraAdapter, LoraTarget, ScheduleKind, TrainEvent, TrainOptions, Trainer,
+};
+
+const DEFAULT_TARGETS: &str = "q_proj,k_proj,v_proj,dense,fc1,fc2";
+const DEFAULT_RANK: usize = 8;
+const DEFAULT_ALPHA: f32 = 16.0;
+
+#[derive(Args, Debug)]
+pub struct FinetuneArgs {
+    /// The base model: a Hugging Face checkpoint directory, or a GGUF in F32, F16 or BF16
+    #[arg(long, required_unless_present = "import_peft")]
+    base: Option<PathBuf>,
+    /// Training data: JSONL ({"text"}, {"prompt","completion"} or {"ids"} per line), a .py file, or a directory of
+    /// Python files (.gitignore respected)
+    #[arg(long, required_unless_present = "import_peft")]
+    data: Option<PathBuf>,
+    /// The adapter GGUF to write
+    #[arg(long, short = 'o')]
+    out: PathBuf,
+    /// The PEFT directory to write too (default: OUT with the extension `.peft`)
+    #[arg(long)]
+    peft_out: Option<PathBuf>,
+    /// Convert this PEFT adapter directory to the GGUF at --out instead of training (checked against --base if
+    /// given)
+    #[arg(long, conflicts_with_all = ["data", "resume", "init_adapter"])]
+    import_peft: Option<PathBuf>,
+    /// LoRA rank [default: 8, or the --init-adapter's]
+    #[arg(long)]
+    rank: Option<usize>,
+    /// LoRA alpha; the update is scaled by alpha/rank [default: 16, or the --init-adapter's]
+    #[arg(long)]
+    alpha: Option<f32>,
+    /// Layers to adapt, comma-separated (q_proj, k_proj, v_proj, dense, fc1, fc2; Wqkv and out_proj are aliases)
+    /// [default: all six, or the --init-adapter's]
+    #[arg(long)]
+    targets: Option<String>,
+    /// Peak learning rate
+    #[arg(long, default_value_t = 2e-4)]
+    lr: f64,
+    /// Passes over the training data
+    #[arg(long, default_value_t = 1, conflicts_with = "steps")]
+    epochs: usize,
+    /// Optimizer steps in all (instead of --epochs)
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Sequences per micro-batch
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Micro-batches per optimizer step
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// Longest sequence in tokens (at most the model's context)
+    #[arg(long, default_value_t = 512)]
+    seq_len: usize,
+    /// Seeds the LoRA initialisation, the data order and the validation split
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Learning-rate schedule after warmup: cosine, linear or constant
+    #[arg(long, default_value = "cosine")]
+    schedule: ScheduleKind,
+    /// Steps of linear warmup from 0 to --lr
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: u64,
+    /// AdamW's decoupled weight decay
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 0.9)]
+    beta1: f64,
+    #[arg(long, default_value_t = 0.999)]
+    beta2: f64,
+    #[arg(long, default_value_t = 1e-8)]
+    adam_eps: f64,
+    /// Clip the global gradient norm to this; 0 turns clipping off
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    /// Share of the examples (lines, or files of a directory) held out for validation
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f64,
+    /// Keep the data in file order instead of shuffling each epoch
+    #[arg(long)]
+    no_shuffle: bool,
+    /// Start from this adapter (PEFT directory or GGUF) instead of a random initialisation
+    #[arg(long)]
+    init_adapter: Option<PathBuf>,
+    /// Where checkpoints go (default: OUT with the extension `.ckpt`)
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    /// Also save a checkpoint every N steps (always: at each epoch's end, on Ctrl-C and at the end)
+    #[arg(long, default_value_t = 0)]
+    save_every: u64,
+    /// Continue the run saved in the checkpoint directory, exactly where it stopped
+    #[arg(long)]
+    resume: bool,
+    /// Write one JSON line per optimizer step: {"step","loss","lr"} (loss before the update; step counts from 1)
+    #[arg(long)]
+    log: Option<PathBuf>,
+    /// Where to train: cpu, or cuda / cuda:N in a build with the `cuda` feature
+    #[arg(long, default_value = if cfg!(feature = "cuda") { "cuda" } else { "cpu" })]
+    device: String,
+}
+
+pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
+    let device = finetune::device(&args.device)?;
+    if let Some(peft_dir) = &args.import_peft {
+        return import(args.base.as_deref(), peft_dir, &args.out, &device);
+    }
+    let (Some(base_path), Some(data_path)) = (&args.base, &args.data) else {
+        bail!("--base and --data are needed to train");
+    };
+    let checkpoint_dir = args.checkpoint_dir.clone().unwrap_or_else(|| args.out.with_extension("ckpt"));
+    let peft_out = args.peft_out.clone().unwrap_or_else(|| args.out.with_extension("peft"));
+    if args.rank == Some(0) {
+        bail!("--rank must be at least 1");
+    }
+
+    let model = BaseModel::load(base_path, &device)?;
+    let config = &model.config;
+    if args.seq_len > config.context_length {
+        bail!("--seq-len {} is longer than the model's context of {} tokens", args.seq_len, config.context_length);
+    }
+    tracing::info!(
+        layers = config.num_layers,
+        hidden = config.hidden_size,
+        context = config.context_length,
+        "loaded base {}",
+        base_path.display()
+    );
+    let tokenizer = finetune::load_tokenizer(&model.source)?;
+    let data_options = DataOptions {
+        seq_len: args.seq_len,
+        val_fraction: args.val_fraction,
+        seed: args.seed,
+        vocab_size: Some(config.vocab_size),
+    };
+    let data = finetune::load_dataset(data_path, &tokenizer, &data_options)?;
+    eprintln!(
+        "data: {} training sequences ({} tokens), {} validation sequences",
+        data.train.len(),
+        data.train_tokens(),
+        data.validation.len()
+    );
+
+    let options = TrainOptions {
+        seq_len: args.seq_len,
+        batch_size: args.batch,
+        grad_accum: args.grad_accum,
+        epochs: args.epochs,
+        max_steps: args.steps,
+        lr: args.lr,
+        schedule: args.schedule,
+        warmup_steps: args.warmup_steps,
+        adamw: AdamWConfig {
+            beta1: args.beta1,
+            beta2: args.beta2,
+            eps: args.adam_eps,
+            weight_decay: args.weight_decay,
+        },
+        max_grad_norm: args.max_grad_norm,
+        seed: args.seed,
+        shuffle: !args.no_shuffle,
+        checkpoint_dir: Some(checkpoint_dir.clone()),
+        save_every: args.save_every,
+    };
+    let mut trainer = if args.resume {
+        let trainer = Trainer::resume(&model, &data, options)?;
+        check_matches(&args, &trainer.adapter(), "the checkpoint")?;
+        trainer
+    } else {
+        let adapter = initial_adapter(&args, &model)?;
+        Trainer::new(&model, &data, adapter, options)?
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler_stop = Arc::clone(&stop);
+    ctrlc::set_handler(move || {
+        if handler_stop.swap(true, Ordering::SeqCst) {
+            // A second Ctrl-C: the user does not want to wait for the step to finish.
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: finishing this step and saving a checkpoint (Ctrl-C again to quit now)");
+    })
+    .context("installing the Ctrl-C handler")?;
+
+    let mut log = match &args.log {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(args.resume)
+                .truncate(!args.resume)
+                .open(path)
+                .with_context(|| format!("{}: cannot open the log", path.display()))?,
+        )),
+        None => None,
+    };
+    let bar = ProgressBar::new(trainer.total_steps()).with_style(
+        ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:30}] {msg} ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut log_error = None;
+    let mut on_event = |event: &TrainEvent| match event {
+        TrainEvent::Started { start_step, total_steps, steps_per_epoch } => {
+            bar.set_position(*start_step);
+            bar.reset_eta();
+            tracing::info!(total_steps, steps_per_epoch, start_step, "training");
+        }
+        TrainEvent::Step(report) => {
+            bar.set_position(report.step);
+            bar.set_message(format!(
+                "loss {:.4}  {:.0} tok/s  lr {:.2e}",
+                report.loss,
+                report.tokens as f64 / report.seconds.max(1e-9),
+                report.lr
+            ));
+            tracing::debug!(
+                step = report.step,
+                loss = report.loss,
+                lr = report.lr,
+                grad_norm = report.grad_norm,
+                "step"
+            );
+            if let Some(log) = &mut log {
+                let line = serde_json::json!({"step": report.step, "loss": report.loss, "lr": report.lr});
+                if let Err(e) = writeln!(log, "{line}").and_then(|()| log.flush()) {
+                    log_error.get_or_insert(e);
+                }
+            }
+        }
+        TrainEvent::Validation { step, epoch, loss } => {
+            bar.suspend(|| eprintln!("epoch {} (step {step}): validation loss {loss:.4}", epoch + 1));
+        }
+        TrainEvent::Checkpoint { step, path } => {
+            tracing::info!(step, "checkpoint {}", path.display());
+        }
+    };
+    let outcome = trainer.run(&stop, &mut on_event);
+    bar.finish_and_clear();
+    let outcome = outcome?;
+    if let (Some(e), Some(path)) = (log_error, &args.log) {
+        bail!("{}: cannot write the log: {e}", path.display());
+    }
+    if outcome.interrupted {
+        eprintln!(
+            "stopped after step {}/{}; checkpoint in {} — continue with the same command plus --resume",
+            outcome.steps_done,
+            outcome.total_steps,
+            checkpoint_dir.display()
+        );
+        return Ok(ExitCode::from(130));
+    }
+
+    let name = finetune::gguf_adapter::name_from_path(&args.out);
+    finetune::write_adapter_gguf(&args.out, &outcome.adapter, &name)?;
+    let base_name = base_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    finetune::write_peft(&peft_out, &outcome.adapter, &base_name)?;
+    if let Some(loss) = outcome.last_loss {
+        eprint!("final training loss {loss:.4}");
+        if let Some(v) = outcome.validation_loss {
+            eprint!(", validation loss {v:.4}");
+        }
+        eprintln!();
+    }
+    eprintln!(
+        "wrote {} (rank {}, alpha {}, {} parameters) and {}",
+        args.out.display(),
+        outcome.adapter.rank,
+        outcome.adapter.alpha,
+        outcome.adapter.parameter_count(),
+        peft_out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The adapter a new run starts from: the `--init-adapter`, or a fresh one.
+fn initial_adapter(args: &FinetuneArgs, model: &BaseModel) -> anyhow::Result<LoraAdapter> {
+    match &args.init_adapter {
+        Some(path) => {
+            let adapter = finetune::read_adapter(path, Some(&model.config))?;
+            check_matches(args, &adapter, &path.display().to_string())?;
+            adapter.check_fits(&model.config, path)?;
+            Ok(adapter)
+        }
+        None => {
+            let targets = LoraTarget::parse_list(args.targets.as_deref().unwrap_or(DEFAULT_TARGETS))?;
+            Ok(LoraAdapter::init_random(
+                &model.config,
+                args.rank.unwrap_or(DEFAULT_RANK),
+                args.alpha.unwrap_or(DEFAULT_ALPHA),
+                &targets,
+                args.seed,
+            )?)
+        }
+    }
+}
+
+/// An adapter that training continues from defines rank, alpha and targets; the ones given explicitly must agree.
+fn check_matches(args: &FinetuneArgs, adapter: &LoraAdapter, origin: &str) -> anyhow::Result<()> {
+    if let Some(rank) = args.rank {
+        if rank != adapter.rank {
+            bail!("--rank {rank} does not match {origin}, which has rank {}", adapter.rank);
+        }
+    }
+    if let Some(alpha) = args.alpha {
+        if alpha != adapter.alpha {
+            bail!("--alpha {alpha} does not match {origin}, which has alpha {}", adapter.alpha);
+        }
+    }
+    if let Some(targets) = &args.targets {
+        let wanted = LoraTarget::parse_list(targets)?;
+        if wanted != adapter.targets() {
+            let have: Vec<String> = adapter.targets().iter().map(ToString::to_string).collect();
+            bail!("--targets {targets} does not match {origin}, which adapts {}", have.join(","));
+        }
+    }
+    Ok(())
+}
+
+fn import(base: Option<&Path>, peft_dir: &Path, out: &Path, device: &candle_core::Device) -> anyhow::Result<ExitCode> {
+    let model = base.map(|b| BaseModel::load(b, device)).transpose()?;
+    let adapter = finetune::import_peft(peft_dir, out, model.as_ref().map(|m| &m.config))?;
+    eprintln!(
+        "wrote {} (rank {}, alpha {}, {} LoRA matrices)",
+        out.display(),
+        adapter.rank,
+        adapter.alpha,
+        adapter.modules.len() * 2
+    );
+    Ok(ExitCode::SUCCESS)
+}

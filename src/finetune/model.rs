@@ -1,0 +1,791 @@
+//! The phi model for training: the base weights (frozen, float32 on the training device) read from a Hugging Face
+//! checkpoint or an unquantized GGUF, and a forward pass with LoRA that is exactly the math of transformers'
+//! `PhiForCausalLM`:
+//!
+//! * parallel block sharing one LayerNorm: `h = x + attn(LN(x)) + mlp(LN(x))`, `mlp = fc2(gelu_new(fc1(.)))`;
+//! * attention with partial rotary (the first `rope_dims` channels of each head, NeoX `rotate_half` pairing),
+//!   scores scaled by `1/sqrt(head_dim)`, causal softmax;
+//! * final LayerNorm, then `lm_head` with a bias;
+//! * LoRA on a linear layer as PEFT computes it: `y = x·Wᵀ + b + scaling · (x·Aᵀ)·Bᵀ`.
+//!
+//! Base weights never get gradients: their matmuls go through [`FrozenMatmul`], whose backward pass computes the
+//! input's gradient only (candle's own matmul would also compute the weight's, which for `lm_head` costs as much as
+//! the forward pass).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Storage, Tensor, D};
+use phi_converters::gguf::{GgmlType, GgufFile, MetadataValue};
+use phi_converters::Layout as CheckpointLayout;
+
+use super::error::{FinetuneError, Result};
+use super::lora::{LoraAdapter, LoraTarget};
+
+/// The hyperparameters of a phi model that the forward pass needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhiConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    /// The training context (`max_position_embeddings`, GGUF `context_length`).
+    pub context_length: usize,
+    pub layer_norm_eps: f64,
+    /// Rotary channels per head.
+    pub rope_dims: usize,
+    pub rope_theta: f64,
+}
+
+impl PhiConfig {
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_heads
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim()
+    }
+
+    fn from_converter(config: &phi_converters::ModelConfig) -> PhiConfig {
+        PhiConfig {
+            vocab_size: config.vocab_size,
+            hidden_size: config.hidden_size,
+            intermediate_size: config.intermediate_size,
+            num_layers: config.num_layers,
+            num_heads: config.num_heads,
+            num_kv_heads: config.num_kv_heads,
+            context_length: config.context_length,
+            layer_norm_eps: config.layer_norm_eps,
+            rope_dims: config.rope_dims,
+            rope_theta: config.rope_theta,
+        }
+    }
+}
+
+/// Where the base weights came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaseSource {
+    /// A Hugging Face checkpoint directory (transformers or phi-msft layout).
+    HfDir(PathBuf),
+    /// A GGUF in F32, F16 or BF16.
+    Gguf(PathBuf),
+}
+
+impl BaseSource {
+    pub fn path(&self) -> &Path {
+        match self {
+            BaseSource::HfDir(p) | BaseSource::Gguf(p) => p,
+        }
+    }
+}
+
+/// A linear layer of the base: `w` is `[out, in]`, contiguous.
+#[derive(Debug, Clone)]
+struct Linear {
+    w: Tensor,
+    b: Tensor,
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    norm_w: Tensor,
+    norm_b: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    dense: Linear,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Block {
+    fn linear(&self, target: LoraTarget) -> &Linear {
+        match target {
+            LoraTarget::QProj => &self.q,
+            LoraTarget::KProj => &self.k,
+            LoraTarget::VProj => &self.v,
+            LoraTarget::Dense => &self.dense,
+            LoraTarget::Fc1 => &self.fc1,
+            LoraTarget::Fc2 => &self.fc2,
+        }
+    }
+}
+
+/// The frozen base model on a device.
+#[derive(Debug)]
+pub struct BaseModel {
+    pub config: PhiConfig,
+    pub source: BaseSource,
+    device: Device,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    final_norm_w: Tensor,
+    final_norm_b: Tensor,
+    lm_head: Linear,
+}
+
+/// The LoRA matrices as device tensors, for one forward pass. In training they are the tensors of `Var`s (so the
+/// graph reaches them); in evaluation plain tensors.
+#[derive(Debug, Clone)]
+pub(crate) struct LoraTensors {
+    pub(crate) scaling: f64,
+    /// (layer, target) → (A `[r, in]`, B `[out, r]`).
+    pub(crate) modules: BTreeMap<(usize, LoraTarget), (Tensor, Tensor)>,
+}
+
+impl LoraTensors {
+    pub(crate) fn none() -> LoraTensors {
+        LoraTensors { scaling: 0.0, modules: BTreeMap::new() }
+    }
+
+    pub(crate) fn from_adapter(adapter: &LoraAdapter, device: &Device) -> Result<LoraTensors> {
+        let mut modules = BTreeMap::new();
+        for (&key, pair) in &adapter.modules {
+            let a = Tensor::from_slice(&pair.a.data, (pair.a.rows, pair.a.cols), device)?;
+            let b = Tensor::from_slice(&pair.b.data, (pair.b.rows, pair.b.cols), device)?;
+            modules.insert(key, (a, b));
+        }
+        Ok(LoraTensors { scaling: f64::from(adapter.scaling()), modules })
+    }
+}
+
+/// Token ids and loss targets of a batch, on the device.
+#[derive(Debug)]
+pub(crate) struct DeviceBatch {
+    /// `[batch, seq]` u32 (padding included).
+    pub(crate) ids: Tensor,
+    /// Flat indices (`b·seq + t`) of the positions whose next token is a target, u32 `[n]`.
+    pub(crate) positions: Tensor,
+    /// The target token of each of those positions, u32 `[n, 1]`.
+    pub(crate) targets: Tensor,
+    /// Number of targets.
+    pub(crate) count: usize,
+    /// Tokens that are not padding.
+    pub(crate) tokens: usize,
+}
+
+impl BaseModel {
+    /// Reads a base model: a directory is a Hugging Face checkpoint, a file a GGUF. Weights are upcast to float32.
+    pub fn load(path: &Path, device: &Device) -> Result<BaseModel> {
+        if path.is_dir() {
+            load_hf(path, device)
+        } else if path.is_file() {
+            load_gguf(path, device)
+        } else {
+            Err(FinetuneError::base(path, "no such file or directory"))
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Hidden states after the final LayerNorm, `[batch·seq, hidden]`.
+    fn hidden_states(&self, ids: &Tensor, lora: &LoraTensors) -> Result<Tensor> {
+        let c = &self.config;
+        let (batch, seq) = ids.dims2()?;
+        let (heads, kv_heads, head_dim) = (c.num_heads, c.num_kv_heads, c.head_dim());
+        let (cos, sin) = rope_tables(c, seq, &self.device)?;
+        let mask = causal_mask(seq, &self.device)?;
+        let attn_scale = 1.0 / (head_dim as f64).sqrt();
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?;
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let linear = |input: &Tensor, target: LoraTarget| -> Result<Tensor> {
+                let lora_pair = lora.modules.get(&(layer, target));
+                linear_with_lora(input, block.linear(target), lora_pair, lora.scaling)
+            };
+            let h = layer_norm(&x, &block.norm_w, &block.norm_b, c.layer_norm_eps)?;
+            let split_heads = |t: Tensor, n: usize| -> Result<Tensor> {
+                Ok(t.reshape((batch, seq, n, head_dim))?.transpose(1, 2)?.contiguous()?)
+            };
+            let q = split_heads(linear(&h, LoraTarget::QProj)?, heads)?;
+            let k = split_heads(linear(&h, LoraTarget::KProj)?, kv_heads)?;
+            let v = split_heads(linear(&h, LoraTarget::VProj)?, kv_heads)?;
+            let q = apply_rope(&q, &cos, &sin, c.rope_dims)?;
+            let k = repeat_kv(apply_rope(&k, &cos, &sin, c.rope_dims)?, heads / kv_heads)?;
+            let v = repeat_kv(v, heads / kv_heads)?;
+            let scores = (q.matmul(&k.t()?)? * attn_scale)?.broadcast_add(&mask)?;
+            let probs = softmax_last_dim(&scores)?;
+            let attn = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((batch * seq, heads * head_dim))?;
+            let attn = linear(&attn, LoraTarget::Dense)?;
+            let mlp = linear(&linear(&h, LoraTarget::Fc1)?.gelu()?, LoraTarget::Fc2)?;
+            x = ((attn + mlp)? + x)?;
+        }
+        layer_norm(&x, &self.final_norm_w, &self.final_norm_b, c.layer_norm_eps)
+    }
+
+    fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
+        linear_with_lora(hidden, &self.lm_head, None, 0.0)
+    }
+
+    /// The summed cross-entropy of a batch's targets (a scalar tensor in the graph when `lora` holds `Var`s).
+    pub(crate) fn loss_sum(&self, batch: &DeviceBatch, lora: &LoraTensors) -> Result<Tensor> {
+        let hidden = self.hidden_states(&batch.ids, lora)?;
+        // Only positions with a target need logits: with loss on completions only this skips most of lm_head.
+        let selected = hidden.index_select(&batch.positions, 0)?;
+        if self.device.is_cpu() {
+            self.fused_loss_sum(&selected, batch)
+        } else {
+            self.graph_loss_sum(&selected, batch)
+        }
+    }
+
+    /// lm_head and cross-entropy in one CPU op ([`LmHeadCrossEntropy`]): the `[targets, vocab]` logits are made
+    /// once and turned into probabilities in place, instead of a dozen vocabulary-wide temporaries in the graph.
+    fn fused_loss_sum(&self, hidden: &Tensor, batch: &DeviceBatch) -> Result<Tensor> {
+        let op = LmHeadCrossEntropy {
+            w: self.lm_head.w.clone(),
+            b: self.lm_head.b.clone(),
+            targets: batch.targets.flatten_all()?.to_vec1::<u32>()?,
+            probabilities: std::sync::Mutex::new(None),
+        };
+        Ok(hidden.contiguous()?.apply_op1_arc(std::sync::Arc::new(Box::new(op)))?.sum_all()?)
+    }
+
+    /// The same loss from candle's differentiable ops, for devices without the fused op.
+    fn graph_loss_sum(&self, hidden: &Tensor, batch: &DeviceBatch) -> Result<Tensor> {
+        let logits = self.lm_head(hidden)?;
+        let max = logits.detach().max_keepdim(1)?;
+        let shifted = logits.broadcast_sub(&max)?;
+        let log_sum_exp = shifted.exp()?.sum_keepdim(1)?.log()?;
+        let picked = shifted.gather(&batch.targets, 1)?;
+        Ok((log_sum_exp - picked)?.sum_all()?)
+    }
+
+    /// Logits at the last position of `ids` (one sequence), with an adapter applied or not. For checks against
+    /// reference implementations.
+    pub fn last_logits(&self, ids: &[u32], adapter: Option<&LoraAdapter>) -> Result<Vec<f32>> {
+        if ids.is_empty() {
+            return Err(FinetuneError::Option("no tokens to evaluate".to_owned()));
+        }
+        let lora = match adapter {
+            Some(adapter) => LoraTensors::from_adapter(adapter, &self.device)?,
+            None => LoraTensors::none(),
+        };
+        let ids_t = Tensor::from_slice(ids, (1, ids.len()), &self.device)?;
+        let hidden = self.hidden_states(&ids_t, &lora)?;
+        let last = hidden.narrow(0, ids.len() - 1, 1)?;
+        Ok(self.lm_head(&last)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+}
+
+/// `x·Wᵀ + b`, plus `scaling·(x·Aᵀ)·Bᵀ` when the layer has LoRA matrices. `x` is `[m, in]`.
+fn linear_with_lora(x: &Tensor, linear: &Linear, lora: Option<&(Tensor, Tensor)>, scaling: f64) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let y = x.apply_op1_arc(std::sync::Arc::new(Box::new(FrozenMatmul { w: linear.w.clone() })))?;
+    let y = y.broadcast_add(&linear.b)?;
+    match lora {
+        Some((a, b)) => Ok((y + (x.matmul(&a.t()?)?.matmul(&b.t()?)? * scaling)?)?),
+        None => Ok(y),
+    }
+}
+
+/// torch's LayerNorm over the last dimension (biased variance).
+fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+    Ok(normed.broadcast_mul(w)?.broadcast_add(b)?)
+}
+
+/// Softmax over the last dimension. The max is subtracted for range only; it is detached because softmax does
+/// not depend on it, which spares its backward pass.
+fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.detach().max_keepdim(D::Minus1)?;
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// Additive causal mask `[seq, seq]`: 0 where a query may attend, the most negative float elsewhere (as
+/// transformers' eager attention; -inf would work too but keeps infinities out of the graph).
+fn causal_mask(seq: usize, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..seq).flat_map(|i| (0..seq).map(move |j| if j > i { f32::MIN } else { 0.0 })).collect();
+    Ok(Tensor::from_vec(mask, (seq, seq), device)?)
+}
+
+/// cos and sin `[seq, rope_dims]`, computed in float32 as transformers does (inverse frequencies
+/// `1/theta^(2i/d)`, angles `position · inv_freq`, the half repeated).
+fn rope_tables(config: &PhiConfig, seq: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    let dims = config.rope_dims;
+    let half = dims / 2;
+    let theta = config.rope_theta as f32;
+    let inv_freq: Vec<f32> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / dims as f32)).collect();
+    let mut cos = Vec::with_capacity(seq * dims);
+    let mut sin = Vec::with_capacity(seq * dims);
+    for position in 0..seq {
+        for _half in 0..2 {
+            for &f in &inv_freq {
+                let angle = position as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+    }
+    Ok((Tensor::from_vec(cos, (seq, dims), device)?, Tensor::from_vec(sin, (seq, dims), device)?))
+}
+
+/// Rotates the first `dims` channels of each head of `x` `[batch, heads, seq, head_dim]`.
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, dims: usize) -> Result<Tensor> {
+    if dims == 0 {
+        return Ok(x.clone());
+    }
+    let head_dim = x.dim(D::Minus1)?;
+    let rot = x.narrow(D::Minus1, 0, dims)?;
+    let x1 = rot.narrow(D::Minus1, 0, dims / 2)?;
+    let x2 = rot.narrow(D::Minus1, dims / 2, dims / 2)?;
+    let rotated_half = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    let embedded = (rot.broadcast_mul(cos)? + rotated_half.broadcast_mul(sin)?)?;
+    if dims == head_dim {
+        return Ok(embedded);
+    }
+    let pass = x.narrow(D::Minus1, dims, head_dim - dims)?;
+    Ok(Tensor::cat(&[&embedded, &pass], D::Minus1)?)
+}
+
+/// transformers' `repeat_kv`: head `h` uses key/value head `h / n_rep`.
+fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x);
+    }
+    let (batch, kv_heads, seq, head_dim) = x.dims4()?;
+    Ok(Tensor::cat(&vec![&x; n_rep], 2)?.reshape((batch, kv_heads * n_rep, seq, head_dim))?)
+}
+
+/// `x · Wᵀ` for a frozen `W` `[out, in]` captured by the op: the backward pass returns `grad · W` for `x` and
+/// nothing for `W`, which is not part of the graph.
+struct FrozenMatmul {
+    w: Tensor,
+}
+
+impl FrozenMatmul {
+    fn dims(&self, layout: &Layout) -> candle_core::Result<(usize, usize, usize, Layout)> {
+        let (m, k) = layout.shape().dims2()?;
+        let (_, w_layout) = self.w.storage_and_layout();
+        let (n, k_w) = w_layout.shape().dims2()?;
+        if k != k_w {
+            candle_core::bail!("frozen matmul: input width {k} but weight {n}x{k_w}");
+        }
+        Ok((m, n, k, w_layout.transpose(0, 1)?))
+    }
+}
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, n, k, wt_layout) = self.dims(layout)?;
+        let (w, _) = self.w.storage_and_layout();
+        let Storage::Cpu(w) = &*w else { candle_core::bail!("frozen matmul: weight not on the CPU") };
+        Ok((storage.matmul(w, (1, m, n, k), layout, &wt_layout)?, Shape::from((m, n))))
+    }
+
+    fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (m, n, k, wt_layout) = self.dims(layout)?;
+        let (w, _) = self.w.storage_and_layout();
+        let Storage::Cuda(w) = &*w else { candle_core::bail!("frozen matmul: weight not on the GPU") };
+        Ok((storage.matmul(w, (1, m, n, k), layout, &wt_layout)?, Shape::from((m, n))))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad_res.matmul(&self.w)?))
+    }
+}
+
+/// Per-row cross-entropy of `hidden · Wᵀ + b` against `targets`, for hidden states `[n, in]` on the CPU; returns
+/// `[n]` losses. The forward pass keeps the softmax probabilities, and the backward pass turns them into
+/// `∂loss/∂logits = (p − onehot(target)) · grad` and returns `∂loss/∂hidden = that · W`.
+struct LmHeadCrossEntropy {
+    w: Tensor,
+    b: Tensor,
+    targets: Vec<u32>,
+    probabilities: std::sync::Mutex<Option<Vec<f32>>>,
+}
+
+impl CustomOp1 for LmHeadCrossEntropy {
+    fn name(&self) -> &'static str {
+        "lm-head-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, k) = layout.shape().dims2()?;
+        let (w_storage, w_layout) = self.w.storage_and_layout();
+        let Storage::Cpu(w) = &*w_storage else { candle_core::bail!("lm head: weight not on the CPU") };
+        let (vocab, k_w) = w_layout.shape().dims2()?;
+        if k != k_w || self.targets.len() != n {
+            candle_core::bail!("lm head: {n}x{k} hidden states, {vocab}x{k_w} weight, {} targets", self.targets.len());
+        }
+        let logits = storage.matmul(w, (1, n, vocab, k), layout, &w_layout.transpose(0, 1)?)?;
+        let CpuStorage::F32(mut logits) = logits else { candle_core::bail!("lm head: not float32") };
+        let (b_storage, b_layout) = self.b.storage_and_layout();
+        let Storage::Cpu(b) = &*b_storage else { candle_core::bail!("lm head: bias not on the CPU") };
+        let Some((start, end)) = b_layout.contiguous_offsets() else { candle_core::bail!("lm head: strided bias") };
+        let bias = &b.as_slice::<f32>()?[start..end];
+        if bias.len() != vocab || self.targets.iter().any(|&t| t as usize >= vocab) {
+            candle_core::bail!("lm head: bias or target out of range");
+        }
+        let mut losses = vec![0f32; n];
+        let threads = candle_core::utils::get_num_threads().clamp(1, n.max(1));
+        let rows_per_thread = n.div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            let chunks = logits.chunks_mut(rows_per_thread * vocab).zip(losses.chunks_mut(rows_per_thread));
+            for (chunk_index, (rows, chunk_losses)) in chunks.enumerate() {
+                let targets = &self.targets[chunk_index * rows_per_thread..];
+                scope.spawn(move || {
+                    for ((row, loss), &target) in rows.chunks_mut(vocab).zip(chunk_losses).zip(targets) {
+                        softmax_cross_entropy_row(row, bias, target as usize, loss);
+                    }
+                });
+            }
+        });
+        *self.probabilities.lock().unwrap_or_else(|e| e.into_inner()) = Some(logits);
+        Ok((CpuStorage::F32(losses), Shape::from(n)))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let Some(mut probabilities) = self.probabilities.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            candle_core::bail!("lm head: backward without a forward pass")
+        };
+        let grad = grad_res.flatten_all()?.to_vec1::<f32>()?;
+        let vocab = self.w.dim(0)?;
+        for ((row, &g), &target) in probabilities.chunks_mut(vocab).zip(&grad).zip(&self.targets) {
+            row.iter_mut().for_each(|p| *p *= g);
+            row[target as usize] -= g;
+        }
+        let grad_logits = Tensor::from_vec(probabilities, (grad.len(), vocab), arg.device())?;
+        Ok(Some(grad_logits.matmul(&self.w)?))
+    }
+}
+
+/// Adds the bias to one row of logits, writes its cross-entropy for `target` to `loss`, and leaves the softmax
+/// probabilities in the row. Sums in f64, so 50k terms lose nothing.
+fn softmax_cross_entropy_row(row: &mut [f32], bias: &[f32], target: usize, loss: &mut f32) {
+    let mut max = f32::NEG_INFINITY;
+    for (x, &b) in row.iter_mut().zip(bias) {
+        *x += b;
+        max = max.max(*x);
+    }
+    let picked = row[target];
+    let mut sum = 0f64;
+    for x in row.iter_mut() {
+        *x = (*x - max).exp();
+        sum += f64::from(*x);
+    }
+    *loss = ((sum.ln() as f32) + max) - picked;
+    let inverse = (1.0 / sum) as f32;
+    row.iter_mut().for_each(|x| *x *= inverse);
+}
+
+/// Canonical (GGUF) tensor name for a Hugging Face tensor name of either layout.
+fn canonical_name(name: &str, layout: CheckpointLayout) -> Option<String> {
+    let whole = match (layout, name) {
+        (CheckpointLayout::Transformers, "model.embed_tokens.weight")
+        | (CheckpointLayout::PhiMsft, "transformer.embd.wte.weight") => Some("token_embd.weight"),
+        (CheckpointLayout::Transformers, "model.final_layernorm.weight")
+        | (CheckpointLayout::PhiMsft, "lm_head.ln.weight") => Some("output_norm.weight"),
+        (CheckpointLayout::Transformers, "model.final_layernorm.bias")
+        | (CheckpointLayout::PhiMsft, "lm_head.ln.bias") => Some("output_norm.bias"),
+        (CheckpointLayout::Transformers, "lm_head.weight") | (CheckpointLayout::PhiMsft, "lm_head.linear.weight") => {
+            Some("output.weight")
+        }
+        (CheckpointLayout::Transformers, "lm_head.bias") | (CheckpointLayout::PhiMsft, "lm_head.linear.bias") => {
+            Some("output.bias")
+        }
+        _ => None,
+    };
+    if let Some(whole) = whole {
+        return Some(whole.to_owned());
+    }
+    let prefix = match layout {
+        CheckpointLayout::Transformers => "model.layers.",
+        CheckpointLayout::PhiMsft => "transformer.h.",
+    };
+    let rest = name.strip_prefix(prefix)?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (module, part) = rest.rsplit_once('.')?;
+    let gguf = match (layout, module) {
+        (CheckpointLayout::Transformers, "input_layernorm") | (CheckpointLayout::PhiMsft, "ln") => "attn_norm",
+        (CheckpointLayout::Transformers, "self_attn.q_proj") => "attn_q",
+        (CheckpointLayout::Transformers, "self_attn.k_proj") => "attn_k",
+        (CheckpointLayout::Transformers, "self_attn.v_proj") => "attn_v",
+        (CheckpointLayout::PhiMsft, "mixer.Wqkv") => "attn_qkv",
+        (CheckpointLayout::Transformers, "self_attn.dense") | (CheckpointLayout::PhiMsft, "mixer.out_proj") => {
+            "attn_output"
+        }
+        (_, "mlp.fc1") => "ffn_up",
+        (_, "mlp.fc2") => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{gguf}.{part}"))
+}
+
+fn load_hf(dir: &Path, device: &Device) -> Result<BaseModel> {
+    // The converter's inspection validates config.json (all three styles), the tensor set and every shape.
+    let info = phi_converters::inspect(dir).map_err(|e| FinetuneError::base(dir, e.to_string()))?;
+    let config = PhiConfig::from_converter(&info.config);
+    let mut tensors = HashMap::new();
+    for file in &info.weight_files {
+        let bytes = std::fs::read(file).map_err(|e| FinetuneError::io(file, "cannot read file", e))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| FinetuneError::base(file, format!("invalid safetensors: {e}")))?;
+        for (name, view) in st.tensors() {
+            if name.ends_with(".rotary_emb.inv_freq") {
+                continue;
+            }
+            let Some(canonical) = canonical_name(&name, info.layout) else {
+                return Err(FinetuneError::base(file, format!("unexpected tensor `{name}`")));
+            };
+            let dtype = match view.dtype() {
+                safetensors::Dtype::F32 => DType::F32,
+                safetensors::Dtype::F16 => DType::F16,
+                safetensors::Dtype::BF16 => DType::BF16,
+                other => {
+                    return Err(FinetuneError::base(file, format!("tensor `{name}` has unsupported dtype {other:?}")))
+                }
+            };
+            let tensor = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), device)?.to_dtype(DType::F32)?;
+            tensors.insert(canonical, tensor);
+        }
+    }
+    assemble(config, BaseSource::HfDir(dir.to_path_buf()), tensors, device)
+}
+
+fn load_gguf(path: &Path, device: &Device) -> Result<BaseModel> {
+    let file = GgufFile::open(path).map_err(|e| FinetuneError::base(path, e.reason))?;
+    let fail = |reason: String| FinetuneError::base(path, reason);
+    match file.get_str("general.architecture") {
+        Some("phi2") => {}
+        Some(other) => return Err(fail(format!("architecture `{other}`; only phi (GGUF `phi2`) can be trained"))),
+        None => return Err(fail("no general.architecture".to_owned())),
+    }
+    if let Some(kind) = file.get_str("general.type") {
+        if kind != "model" {
+            return Err(fail(format!("this GGUF is a `{kind}`, not a model")));
+        }
+    }
+    let get = |key: &str| -> Result<u64> {
+        file.get(&format!("phi2.{key}"))
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| fail(format!("missing or invalid `phi2.{key}`")))
+    };
+    let hidden = get("embedding_length")? as usize;
+    let heads = get("attention.head_count")? as usize;
+    let kv_heads = file.get("phi2.attention.head_count_kv").and_then(|v| v.as_u64()).map_or(heads, |v| v as usize);
+    // Stored as f32; its shortest decimal form is the value the config had (1e-5, not 9.99999974e-6).
+    let eps = match file.get("phi2.attention.layer_norm_epsilon") {
+        Some(MetadataValue::F32(eps)) => eps.to_string().parse::<f64>().unwrap_or(f64::from(*eps)),
+        Some(other) => other.as_f64().ok_or_else(|| fail("invalid `phi2.attention.layer_norm_epsilon`".to_owned()))?,
+        None => return Err(fail("missing `phi2.attention.layer_norm_epsilon`".to_owned())),
+    };
+    let dims_of = |name: &str| -> Result<Vec<usize>> {
+        let info = file.tensor(name).ok_or_else(|| fail(format!("missing tensor `{name}`")))?;
+        Ok(info.dims.iter().rev().map(|&d| d as usize).collect())
+    };
+    // `feed_forward_length` is always 4·n_embd in llama.cpp's converter; the tensor says what the model has.
+    let intermediate = dims_of("blk.0.ffn_up.weight")?[0];
+    let vocab = dims_of("token_embd.weight")?[0];
+    if heads == 0 || kv_heads == 0 || hidden % heads != 0 || heads % kv_heads != 0 {
+        return Err(fail(format!("inconsistent head counts: {heads} heads, {kv_heads} kv heads, width {hidden}")));
+    }
+    let config = PhiConfig {
+        vocab_size: vocab,
+        hidden_size: hidden,
+        intermediate_size: intermediate,
+        num_layers: get("block_count")? as usize,
+        num_heads: heads,
+        num_kv_heads: kv_heads,
+        context_length: get("context_length")? as usize,
+        layer_norm_eps: eps,
+        rope_dims: get("rope.dimension_count")? as usize,
+        rope_theta: file.get("phi2.rope.freq_base").and_then(|v| v.as_f64()).unwrap_or(10000.0),
+    };
+    if config.rope_dims > config.head_dim() || config.rope_dims % 2 != 0 {
+        return Err(fail(format!(
+            "rope.dimension_count {} does not fit head size {}",
+            config.rope_dims,
+            hidden / heads
+        )));
+    }
+    let mut tensors = HashMap::new();
+    for info in file.tensors() {
+        let dtype = match info.ggml_type {
+            GgmlType::F32 => DType::F32,
+            GgmlType::F16 => DType::F16,
+            GgmlType::Bf16 => DType::BF16,
+            other => {
+                return Err(fail(format!(
+                    "tensor `{}` is {other}; training needs an unquantized base (F32, F16 or BF16 GGUF, or the \
+                     Hugging Face checkpoint)",
+                    info.name
+                )))
+            }
+        };
+        let shape: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
+        let tensor = Tensor::from_raw_buffer(file.tensor_data(info), dtype, &shape, device)?.to_dtype(DType::F32)?;
+        tensors.insert(info.name.clone(), tensor);
+    }
+    assemble(config, BaseSource::Gguf(path.to_path_buf()), tensors, device)
+}
+
+/// Canonical tensors by name, taken one by one with their expected shapes.
+struct TensorSet {
+    path: PathBuf,
+    tensors: HashMap<String, Tensor>,
+}
+
+impl TensorSet {
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let tensor =
+            self.tensors.remove(name).ok_or_else(|| FinetuneError::base(&self.path, format!("missing `{name}`")))?;
+        if tensor.dims() != shape {
+            return Err(FinetuneError::base(
+                &self.path,
+                format!("`{name}` has shape {:?}, but the config implies {shape:?}", tensor.dims()),
+            ));
+        }
+        Ok(tensor.contiguous()?)
+    }
+
+    fn linear(&mut self, name: &str, out: usize, input: usize) -> Result<Linear> {
+        Ok(Linear {
+            w: self.take(&format!("{name}.weight"), &[out, input])?,
+            b: self.take(&format!("{name}.bias"), &[out])?,
+        })
+    }
+}
+
+/// Builds the model from canonical tensors, checking that every tensor is there with the shape the config implies.
+fn assemble(
+    config: PhiConfig,
+    source: BaseSource,
+    tensors: HashMap<String, Tensor>,
+    device: &Device,
+) -> Result<BaseModel> {
+    let mut set = TensorSet { path: source.path().to_path_buf(), tensors };
+    let (vocab, hidden, inner, kv) = (config.vocab_size, config.hidden_size, config.intermediate_size, config.kv_dim());
+    let embed = set.take("token_embd.weight", &[vocab, hidden])?;
+    let final_norm_w = set.take("output_norm.weight", &[hidden])?;
+    let final_norm_b = set.take("output_norm.bias", &[hidden])?;
+    let lm_head = set.linear("output", vocab, hidden)?;
+    let mut blocks = Vec::with_capacity(config.num_layers);
+    for layer in 0..config.num_layers {
+        let name = |s: &str| format!("blk.{layer}.{s}");
+        let (q, k, v) = if set.tensors.contains_key(&name("attn_qkv.weight")) {
+            // Fused q/k/v (phi-msft `Wqkv`, or a GGUF written from it): blocks of rows, each head-major.
+            let fused = set.linear(&name("attn_qkv"), hidden + 2 * kv, hidden)?;
+            let rows = |start: usize, len: usize| -> Result<Linear> {
+                Ok(Linear {
+                    w: fused.w.narrow(0, start, len)?.contiguous()?,
+                    b: fused.b.narrow(0, start, len)?.contiguous()?,
+                })
+            };
+            (rows(0, hidden)?, rows(hidden, kv)?, rows(hidden + kv, kv)?)
+        } else {
+            (
+                set.linear(&name("attn_q"), hidden, hidden)?,
+                set.linear(&name("attn_k"), kv, hidden)?,
+                set.linear(&name("attn_v"), kv, hidden)?,
+            )
+        };
+        let dense = set.linear(&name("attn_output"), hidden, hidden)?;
+        let fc1 = set.linear(&name("ffn_up"), inner, hidden)?;
+        let fc2 = set.linear(&name("ffn_down"), hidden, inner)?;
+        let norm_w = set.take(&name("attn_norm.weight"), &[hidden])?;
+        let norm_b = set.take(&name("attn_norm.bias"), &[hidden])?;
+        blocks.push(Block { norm_w, norm_b, q, k, v, dense, fc1, fc2 });
+    }
+    if let Some(extra) = set.tensors.keys().min() {
+        return Err(FinetuneError::base(
+            &set.path,
+            format!("unexpected tensor `{extra}` for {} layers", config.num_layers),
+        ));
+    }
+    Ok(BaseModel { config, source, device: device.clone(), embed, blocks, final_norm_w, final_norm_b, lm_head })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    /// A random 2-layer model with a small vocabulary, built directly from tensors.
+    fn random_model(device: &Device) -> BaseModel {
+        let config = PhiConfig {
+            vocab_size: 40,
+            hidden_size: 8,
+            intermediate_size: 16,
+            num_layers: 2,
+            num_heads: 2,
+            num_kv_heads: 1,
+            context_length: 32,
+            layer_norm_eps: 1e-5,
+            rope_dims: 2,
+            rope_theta: 10000.0,
+        };
+        let mut tensors = HashMap::new();
+        let mut add = |name: String, shape: &[usize]| {
+            let t = Tensor::randn(0f32, 0.5, shape, device).unwrap();
+            tensors.insert(name, t);
+        };
+        let (v, h, i, kv) = (40, 8, 16, 4);
+        add("token_embd.weight".into(), &[v, h]);
+        add("output_norm.weight".into(), &[h]);
+        add("output_norm.bias".into(), &[h]);
+        add("output.weight".into(), &[v, h]);
+        add("output.bias".into(), &[v]);
+        for l in 0..2 {
+            for (name, out, input) in [
+                ("attn_q", h, h),
+                ("attn_k", kv, h),
+                ("attn_v", kv, h),
+                ("attn_output", h, h),
+                ("ffn_up", i, h),
+                ("ffn_down", h, i),
+            ] {
+                add(format!("blk.{l}.{name}.weight"), &[out, input]);
+                add(format!("blk.{l}.{name}.bias"), &[out]);
+            }
+            add(format!("blk.{l}.attn_norm.weight"), &[h]);
+            add(format!("blk.{l}.attn_norm.bias"), &[h]);
+        }
+        assemble(config, BaseSource::Gguf(PathBuf::from("random")), tensors, device).unwrap()
+    }
+
+    #[test]
+    fn the_fused_lm_head_loss_equals_the_graph_loss_with_its_gradients() {
+        let device = Device::Cpu;
+        let model = random_model(&device);
+        let sequences = [
+            crate::finetune::Sequence { ids: vec![1, 5, 7, 9, 2, 39], targets: vec![true; 6] },
+            crate::finetune::Sequence { ids: vec![3, 4, 0], targets: vec![false, false, true] },
+        ];
+        let batch = crate::finetune::data::make_batch(&sequences.iter().collect::<Vec<_>>(), &device).unwrap();
+        let a = Var::from_tensor(&Tensor::randn(0f32, 0.3, (2, 8), &device).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, (16, 2), &device).unwrap()).unwrap();
+        let lora = LoraTensors {
+            scaling: 2.0,
+            modules: BTreeMap::from([((1, LoraTarget::Fc1), (a.as_tensor().clone(), b.as_tensor().clone()))]),
+        };
+        let hidden = model.hidden_states(&batch.ids, &lora).unwrap().index_select(&batch.positions, 0).unwrap();
+        let fused = model.fused_loss_sum(&hidden, &batch).unwrap();
+        let graph = model.graph_loss_sum(&hidden, &batch).unwrap();
+        let (fused_value, graph_value) = (fused.to_scalar::<f32>().unwrap(), graph.to_scalar::<f32>().unwrap());
+        assert!((fused_value - graph_value).abs() <= 1e-5 * graph_value.abs(), "{fused_value} vs {graph_value}");
+        let (fused_grads, graph_grads) = (fused.backward().unwrap(), graph.backward().unwrap());
+        for var in [&a, &b] {
+            let f = fused_grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let g = graph_grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let scale = g.iter().fold(0f32, |m, x| m.max(x.abs()));
+            assert!(scale > 0.0);
+            for (x, y) in f.iter().zip(&g) {
+                assert!((x - y).abs() <= 1e-5 * scale, "{f:?} vs {g:?}");
+            }
+        }
+    }
+}

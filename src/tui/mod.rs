@@ -1,0 +1,505 @@
+//! The chat TUI: `phi-tui` with no subcommand.
+//!
+//! - [`app`]: the state and its update logic (`App::update(Action) -> Vec<Effect>`), no IO;
+//! - [`render`]: drawing the state with ratatui, with a per-message line cache;
+//! - this module: the terminal (set up, restored on every exit path) and the event loop, which selects over terminal
+//!   events, the running generation, background jobs and a tick, carries out the app's effects, and redraws only
+//!   when something changed (at most once per frame interval).
+
+pub mod app;
+pub mod clipboard;
+pub mod input;
+pub mod keys;
+pub mod markdown;
+pub mod prompt;
+pub mod render;
+pub mod runner;
+pub mod session;
+#[doc(hidden)]
+pub mod testing;
+
+use std::io::{Stdout, Write};
+use std::path::PathBuf;
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use crossterm::event::{
+    DisableBracketedPaste, DisableMouseCapture, EnableBracketedPaste, EnableMouseCapture, Event, EventStream,
+    KeyEventKind, MouseEventKind,
+};
+use crossterm::terminal::{
+    disable_raw_mode, enable_raw_mode, BeginSynchronizedUpdate, EndSynchronizedUpdate, EnterAlternateScreen,
+    LeaveAlternateScreen,
+};
+use futures::StreamExt;
+use ratatui::backend::CrosstermBackend;
+use ratatui::Terminal;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::engine::{Engine, EngineError, Generation, GenerationEvent};
+use app::{Action, App, AppOptions, Effect, ModelState};
+use keys::KeyMap;
+use render::RenderCache;
+use session::{Session, SessionStore};
+
+/// The least time between two frames.
+const FRAME: Duration = Duration::from_millis(16);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TuiError {
+    #[error("{0}")]
+    Config(String),
+    #[error("the terminal: {0}")]
+    Terminal(#[from] std::io::Error),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// What the TUI starts with.
+pub struct TuiOptions {
+    pub engine: Engine,
+    /// The model to load at start (from `-m` or the config file).
+    pub model: Option<PathBuf>,
+    /// A LoRA adapter and its scale, applied once the model is loaded.
+    pub lora: Option<(PathBuf, f32)>,
+    pub config: Config,
+    pub config_path: PathBuf,
+    pub data_dir: PathBuf,
+}
+
+/// The app's options from the config file.
+pub fn app_options(config: &Config, config_path: PathBuf, export_dir: PathBuf) -> Result<AppOptions, TuiError> {
+    let keymap =
+        KeyMap::from_config(&config.keys).map_err(|e| TuiError::Config(format!("{}: {e}", config_path.display())))?;
+    Ok(AppOptions {
+        keymap,
+        max_tokens: config.max_tokens,
+        temperature: config.temperature,
+        mode: config.mode,
+        mouse: config.mouse,
+        config_path,
+        export_dir,
+    })
+}
+
+/// Checks what the config file says about the TUI (keys, theme), so that mistakes are reported before the
+/// terminal is taken over.
+pub fn check_config(config: &Config, config_path: &std::path::Path) -> Result<(), TuiError> {
+    app_options(config, config_path.to_path_buf(), PathBuf::new())?;
+    markdown::set_theme(&config.theme).map_err(|e| TuiError::Config(format!("{}: theme: {e}", config_path.display())))
+}
+
+/// Runs the TUI until the user quits. The terminal is restored however this ends, panics included.
+pub async fn run(options: TuiOptions) -> Result<(), TuiError> {
+    markdown::set_theme(&options.config.theme)
+        .map_err(|e| TuiError::Config(format!("{}: theme: {e}", options.config_path.display())))?;
+    let export_dir = std::env::current_dir().unwrap_or_else(|_| options.data_dir.clone());
+    let app_options = app_options(&options.config, options.config_path.clone(), export_dir)?;
+    let mode = app_options.mode.unwrap_or_default();
+    let model_state = match &options.model {
+        Some(path) => ModelState::Loading { path: path.clone(), progress: 0.0 },
+        None => ModelState::None,
+    };
+    let mut app = App::new(app_options, Session::new(String::new(), mode), model_state);
+    let store = SessionStore::new(&options.data_dir);
+
+    let mut guard = TerminalGuard::enter(app.mouse_captured)?;
+    let (actions_tx, actions_rx) = mpsc::unbounded_channel();
+    if let Some(path) = &options.model {
+        spawn_model_load(&options.engine, path.clone(), options.lora.clone(), actions_tx.clone());
+    }
+    let mut event_loop = EventLoop {
+        engine: options.engine.clone(),
+        store: store.clone(),
+        saver: Saver::start(actions_tx.clone()),
+        actions: actions_tx,
+        generation: None,
+    };
+    let result = event_loop.run(&mut app, guard.terminal(), actions_rx).await;
+    // Cancel what is running and let the last save reach the disk before the terminal is given back.
+    if let Some(generation) = event_loop.generation.take() {
+        generation.cancel();
+    }
+    event_loop.saver.finish();
+    guard.restore();
+    result
+}
+
+struct EventLoop {
+    engine: Engine,
+    store: SessionStore,
+    saver: Saver,
+    actions: mpsc::UnboundedSender<Action>,
+    generation: Option<Generation>,
+}
+
+/// What woke the loop up.
+enum Wake {
+    Action(Action),
+    Generation(Option<Result<GenerationEvent, EngineError>>),
+    Redraw,
+    TerminalClosed,
+}
+
+impl EventLoop {
+    async fn run(
+        &mut self,
+        app: &mut App,
+        terminal: &mut Terminal<CrosstermBackend<Stdout>>,
+        mut actions: mpsc::UnboundedReceiver<Action>,
+    ) -> Result<(), TuiError> {
+        let mut events = EventStream::new();
+        let mut ticker = tokio::time::interval(app::TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut cache = RenderCache::new();
+        let mut dirty = true;
+        let mut last_draw: Option<Instant> = None;
+        loop {
+            if dirty && last_draw.is_none_or(|t| t.elapsed() >= FRAME) {
+                let report = draw(app, &mut cache, terminal)?;
+                last_draw = Some(Instant::now());
+                dirty = false;
+                if report != app.view || app.reveal_block {
+                    let scroll = app.scroll;
+                    app.update(Action::View(report));
+                    // A scroll correction (or a block to reveal) changes what the next frame shows.
+                    dirty = app.scroll != scroll;
+                }
+            }
+            if app.quit {
+                return Ok(());
+            }
+            let redraw_at = tokio::time::Instant::from_std(last_draw.unwrap_or_else(Instant::now) + FRAME);
+            let wake = tokio::select! {
+                event = events.next() => match event {
+                    Some(Ok(event)) => match terminal_action(event) {
+                        Some(action) => Wake::Action(action),
+                        None => continue,
+                    },
+                    Some(Err(e)) => return Err(TuiError::Terminal(e)),
+                    None => Wake::TerminalClosed,
+                },
+                Some(action) = actions.recv() => Wake::Action(action),
+                event = next_generation_event(&mut self.generation) => Wake::Generation(event),
+                _ = ticker.tick() => Wake::Action(Action::Tick),
+                _ = tokio::time::sleep_until(redraw_at), if dirty => Wake::Redraw,
+            };
+            let action = match wake {
+                Wake::Action(action) => action,
+                Wake::Redraw => continue,
+                Wake::TerminalClosed => return Ok(()),
+                Wake::Generation(event) => match event {
+                    Some(Ok(GenerationEvent::Delta { tokens, text })) => Action::Delta { tokens: tokens.len(), text },
+                    Some(Ok(GenerationEvent::Finished(summary))) => {
+                        self.generation = None;
+                        Action::Finished(Box::new(summary))
+                    }
+                    Some(Err(e)) => {
+                        self.generation = None;
+                        Action::GenerationFailed(e.to_string())
+                    }
+                    None => {
+                        self.generation = None;
+                        continue;
+                    }
+                },
+            };
+            let is_tick = action == Action::Tick;
+            let animating = app.animating();
+            let effects = app.update(action);
+            if !is_tick || animating {
+                dirty = true;
+            }
+            for effect in effects {
+                self.effect(app, effect, terminal);
+            }
+        }
+    }
+
+    fn effect(&mut self, app: &mut App, effect: Effect, terminal: &mut Terminal<CrosstermBackend<Stdout>>) {
+        let actions = self.actions.clone();
+        let store = self.store.clone();
+        match effect {
+            Effect::Generate(spec) => {
+                if let Some(old) = self.generation.take() {
+                    old.cancel();
+                }
+                self.generation = Some(self.engine.generate(spec.request()));
+            }
+            Effect::CancelGeneration => {
+                // Dropping a generation cancels it too; cancel() says so right away.
+                if let Some(generation) = self.generation.take() {
+                    generation.cancel();
+                }
+            }
+            Effect::Save => {
+                if app.session.id.is_empty() {
+                    app.session.id = self.store.new_id();
+                }
+                match serde_json::to_vec_pretty(&app.session) {
+                    Ok(bytes) => self.saver.save(self.store.clone(), app.session.id.clone(), bytes),
+                    Err(e) => app.error(format!("could not save: {e}")),
+                }
+            }
+            Effect::ListSessions => {
+                tokio::task::spawn_blocking(move || {
+                    let _ = actions.send(Action::SessionList(store.list()));
+                });
+            }
+            Effect::SearchSessions(query) => {
+                tokio::task::spawn_blocking(move || {
+                    let _ = actions.send(Action::SessionList(store.search(&query)));
+                });
+            }
+            Effect::OpenSession(id) => {
+                tokio::task::spawn_blocking(move || {
+                    let result = store.load(&id).map(Box::new).map_err(|e| e.to_string());
+                    let _ = actions.send(Action::SessionOpened(result));
+                });
+            }
+            Effect::DeleteSession(id) => {
+                tokio::task::spawn_blocking(move || {
+                    let result = store.delete(&id).map(|()| id).map_err(|e| e.to_string());
+                    let _ = actions.send(Action::SessionDeleted(result));
+                });
+            }
+            Effect::RenameSession { id, title } => {
+                tokio::task::spawn_blocking(move || {
+                    let result = store.rename(&id, &title).map(|s| (s.id, s.title)).map_err(|e| e.to_string());
+                    let _ = actions.send(Action::SessionRenamed(result));
+                });
+            }
+            Effect::Export { id, path } => {
+                let current = (id == app.session.id).then(|| app.session.clone());
+                tokio::task::spawn_blocking(move || {
+                    let session = match current {
+                        Some(session) => Ok(session),
+                        None => store.load(&id),
+                    };
+                    let result = session.and_then(|s| SessionStore::export_markdown(&s, &path));
+                    let _ = actions.send(match result {
+                        Ok(()) => Action::Notice(format!("exported to {}", path.display())),
+                        Err(e) => Action::Error(format!("export: {e}")),
+                    });
+                });
+            }
+            Effect::Copy { text, what } => {
+                let how = clipboard::copy(&text, terminal.backend_mut());
+                let lines = text.lines().count();
+                app.notify(format!("copied {what} ({lines} line{}) {how}", if lines == 1 { "" } else { "s" }));
+            }
+            Effect::SetMouseCapture(on) => {
+                let result = if on {
+                    crossterm::execute!(terminal.backend_mut(), EnableMouseCapture)
+                } else {
+                    crossterm::execute!(terminal.backend_mut(), DisableMouseCapture)
+                };
+                if let Err(e) = result {
+                    app.error(format!("mouse: {e}"));
+                }
+            }
+            Effect::Run { message, block, code } => {
+                let session = app.session.id.clone();
+                tokio::task::spawn_blocking(move || {
+                    let record = runner::run_block(block, &code);
+                    let _ = actions.send(Action::RunFinished { session, message, record });
+                });
+            }
+            Effect::LoadModel(path) => spawn_model_load(&self.engine, path, None, actions),
+            Effect::SetAdapter { path, scale } => {
+                let engine = self.engine.clone();
+                tokio::spawn(async move {
+                    let result = engine.set_adapter(&path, scale).await.map(Some).map_err(|e| e.to_string());
+                    let _ = actions.send(Action::AdapterChanged(result));
+                });
+            }
+            Effect::RemoveAdapter => {
+                let engine = self.engine.clone();
+                tokio::spawn(async move {
+                    let result = engine.remove_adapter().await.map(|()| None).map_err(|e| e.to_string());
+                    let _ = actions.send(Action::AdapterChanged(result));
+                });
+            }
+            Effect::Quit => {}
+        }
+    }
+}
+
+async fn next_generation_event(generation: &mut Option<Generation>) -> Option<Result<GenerationEvent, EngineError>> {
+    match generation {
+        Some(generation) => generation.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn terminal_action(event: Event) -> Option<Action> {
+    match event {
+        Event::Key(key) if key.kind != KeyEventKind::Release => Some(Action::Key(key)),
+        Event::Paste(text) => Some(Action::Paste(text)),
+        Event::Mouse(mouse) => match mouse.kind {
+            MouseEventKind::ScrollUp => Some(Action::Scroll(3)),
+            MouseEventKind::ScrollDown => Some(Action::Scroll(-3)),
+            _ => None,
+        },
+        Event::Resize(..) => Some(Action::Resize),
+        _ => None,
+    }
+}
+
+fn spawn_model_load(
+    engine: &Engine,
+    path: PathBuf,
+    lora: Option<(PathBuf, f32)>,
+    actions: mpsc::UnboundedSender<Action>,
+) {
+    let engine = engine.clone();
+    tokio::spawn(async move {
+        let progress_actions = actions.clone();
+        let progress: crate::engine::LoadProgress = Box::new(move |p| {
+            let _ = progress_actions.send(Action::ModelProgress(p));
+        });
+        let result = engine.load_model(&path, Some(progress)).await;
+        let loaded = result.is_ok();
+        let _ = actions.send(Action::ModelLoaded(result.map(Box::new).map_err(|e| e.to_string())));
+        if let (true, Some((lora, scale))) = (loaded, lora) {
+            let result = engine.set_adapter(&lora, scale).await.map(Some).map_err(|e| e.to_string());
+            let _ = actions.send(Action::AdapterChanged(result));
+        }
+    });
+}
+
+fn draw(
+    app: &App,
+    cache: &mut RenderCache,
+    terminal: &mut Terminal<CrosstermBackend<Stdout>>,
+) -> Result<app::ViewReport, TuiError> {
+    let mut report = app::ViewReport::default();
+    // Synchronized output: the terminal shows the frame whole, never half drawn.
+    crossterm::queue!(terminal.backend_mut(), BeginSynchronizedUpdate)?;
+    terminal.draw(|frame| report = render::render(app, cache, frame))?;
+    crossterm::execute!(terminal.backend_mut(), EndSynchronizedUpdate)?;
+    Ok(report)
+}
+
+/// Writes sessions on a thread of its own, in order, keeping only the newest pending version of each.
+struct Saver {
+    jobs: Option<std_mpsc::Sender<(SessionStore, String, Vec<u8>)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Saver {
+    fn start(actions: mpsc::UnboundedSender<Action>) -> Self {
+        let (jobs, receiver) = std_mpsc::channel::<(SessionStore, String, Vec<u8>)>();
+        let thread = std::thread::Builder::new()
+            .name("phi-tui-saver".to_owned())
+            .spawn(move || {
+                while let Ok(first) = receiver.recv() {
+                    let mut pending = vec![first];
+                    pending.extend(receiver.try_iter());
+                    // Only the newest version of each session matters.
+                    let mut newest: Vec<(SessionStore, String, Vec<u8>)> = Vec::new();
+                    for job in pending.into_iter().rev() {
+                        if !newest.iter().any(|(_, id, _)| *id == job.1) {
+                            newest.push(job);
+                        }
+                    }
+                    for (store, id, bytes) in newest.into_iter().rev() {
+                        if let Err(e) = store.save_bytes(&id, &bytes) {
+                            tracing::error!("saving session {id}: {e}");
+                            let _ = actions.send(Action::Error(format!("could not save: {e}")));
+                        }
+                    }
+                }
+            })
+            .ok();
+        Self { jobs: Some(jobs), thread }
+    }
+
+    fn save(&self, store: SessionStore, id: String, bytes: Vec<u8>) {
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send((store, id, bytes));
+        }
+    }
+
+    /// Waits until everything queued is written.
+    fn finish(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Raw mode, the alternate screen, bracketed paste and (optionally) mouse capture, undone on drop and on panic.
+struct TerminalGuard {
+    terminal: Terminal<CrosstermBackend<Stdout>>,
+    restored: bool,
+}
+
+impl TerminalGuard {
+    fn enter(mouse: bool) -> Result<Self, TuiError> {
+        install_panic_hook();
+        enable_raw_mode()?;
+        let mut stdout = std::io::stdout();
+        let setup = crossterm::execute!(stdout, EnterAlternateScreen, EnableBracketedPaste).and_then(|()| {
+            if mouse {
+                crossterm::execute!(stdout, EnableMouseCapture)
+            } else {
+                Ok(())
+            }
+        });
+        let terminal = setup.and_then(|()| Terminal::new(CrosstermBackend::new(stdout)));
+        match terminal {
+            Ok(terminal) => Ok(Self { terminal, restored: false }),
+            Err(e) => {
+                restore_terminal();
+                Err(e.into())
+            }
+        }
+    }
+
+    fn terminal(&mut self) -> &mut Terminal<CrosstermBackend<Stdout>> {
+        &mut self.terminal
+    }
+
+    fn restore(&mut self) {
+        if !self.restored {
+            self.restored = true;
+            let _ = self.terminal.show_cursor();
+            restore_terminal();
+        }
+    }
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        self.restore();
+    }
+}
+
+/// Puts the terminal back as it was: safe to call more than once.
+pub fn restore_terminal() {
+    let mut stdout = std::io::stdout();
+    let _ = crossterm::execute!(
+        stdout,
+        DisableMouseCapture,
+        DisableBracketedPaste,
+        EndSynchronizedUpdate,
+        LeaveAlternateScreen,
+        crossterm::cursor::Show
+    );
+    let _ = disable_raw_mode();
+    let _ = stdout.flush();
+}
+
+fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore_terminal();
+            previous(info);
+        }));
+    });
+}

@@ -1,0 +1,344 @@
+//! The real `phi-tui` binary's TUI, driven through tmux (a private server per test): typing, streaming, cancel,
+//! quit, run-and-verify, the session file on disk, and a SIGKILL in the middle of a reply.
+//!
+//! Every test runs in its own temporary PHI_TUI_DATA_DIR and PHI_TUI_CONFIG_DIR. They are skipped (with a message)
+//! only when tmux is not installed; CI installs it.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use phi_converters::OutType;
+use serde_json::Value;
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+fn tmux_available() -> bool {
+    Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success())
+}
+
+macro_rules! require_tmux {
+    () => {
+        if !tmux_available() {
+            eprintln!("SKIPPED: tmux is not installed (apt-get install tmux); the TUI end-to-end tests need it");
+            return;
+        }
+    };
+}
+
+/// A private tmux server running one program in one pane; killed on drop.
+struct Tmux {
+    socket: String,
+    _conf: tempfile::TempDir,
+}
+
+impl Tmux {
+    fn start(command: &str) -> Tmux {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let socket = format!("phi-tui-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        // Keep the pane after the program exits, to read its exit status and last screen.
+        let conf = tempfile::tempdir().unwrap();
+        let conf_file = conf.path().join("tmux.conf");
+        std::fs::write(&conf_file, "set -g remain-on-exit on\nset -g status off\n").unwrap();
+        let tmux = Tmux { socket, _conf: conf };
+        let conf_file = conf_file.to_str().unwrap();
+        let out = tmux.run(&["-f", conf_file, "new-session", "-d", "-s", "t", "-x", "100", "-y", "30", command]);
+        assert!(out.status.success(), "tmux new-session: {}", String::from_utf8_lossy(&out.stderr));
+        tmux
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new("tmux").arg("-L").arg(&self.socket).args(args).output().expect("run tmux")
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "t"]).stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "t"];
+        args.extend_from_slice(keys);
+        assert!(self.run(&args).status.success());
+    }
+
+    fn type_text(&self, text: &str) {
+        assert!(self.run(&["send-keys", "-t", "t", "-l", text]).status.success());
+    }
+
+    fn pane(&self, format: &str) -> String {
+        let out = self.run(&["display-message", "-p", "-t", "t", format]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Polls the screen until `done` holds; panics with the last screen after the timeout.
+    fn wait_for(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.screen();
+            if done(&screen) {
+                return screen;
+            }
+            if self.pane("#{pane_dead}") == "1" && !done(&self.screen()) {
+                panic!("phi-tui exited while waiting for {what}; screen:\n{screen}");
+            }
+            if start.elapsed() > TIMEOUT {
+                panic!("timed out waiting for {what}; screen:\n{screen}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_exit(&self) -> String {
+        let start = Instant::now();
+        while self.pane("#{pane_dead}") != "1" {
+            assert!(start.elapsed() < TIMEOUT, "phi-tui did not exit; screen:\n{}", self.screen());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.pane("#{pane_dead_status}")
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+struct Dirs {
+    _root: tempfile::TempDir,
+    data: PathBuf,
+    config: PathBuf,
+}
+
+fn dirs(config: &str) -> Dirs {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let config_dir = root.path().join("config");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::write(config_dir.join("config.toml"), config).unwrap();
+    Dirs { data, config: config_dir, _root: root }
+}
+
+fn command(dirs: &Dirs, args: &str) -> String {
+    format!(
+        "env PHI_TUI_DATA_DIR={} PHI_TUI_CONFIG_DIR={} {} {args}",
+        dirs.data.display(),
+        dirs.config.display(),
+        env!("CARGO_BIN_EXE_phi-tui")
+    )
+}
+
+fn tiny_model() -> PathBuf {
+    converted("tiny-phi", OutType::F16)
+}
+
+fn session_files(data: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(data.join("sessions")) else { return vec![] };
+    let mut files: Vec<PathBuf> = entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "json") && !p.file_name().unwrap().to_string_lossy().starts_with('.')
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn read_session(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The token count in the status line's `generating N tok`.
+fn streamed_tokens(screen: &str) -> Option<usize> {
+    let rest = &screen[screen.find("generating ")? + "generating ".len()..];
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// Chat mode with greedy decoding: the tiny random model then writes long, deterministic replies.
+const CHAT_CONFIG: &str = "mode = \"chat\"\nmax_tokens = 600\n";
+
+/// One TUI at a time: two engines on a small machine slow each other down a lot (llama.cpp's threads spin).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[test]
+fn type_stream_cancel_quit_and_find_the_session_on_disk() {
+    require_tmux!();
+    let _serial = serial();
+    let dirs = dirs(CHAT_CONFIG);
+    let model = tiny_model();
+    let tmux = Tmux::start(&command(&dirs, &format!("-m {} -t 1 -c 2048", model.display())));
+    tmux.wait_for("the model to load", |s| s.contains("ctx 0/2048") && s.contains("chat mode"));
+
+    // A reply streams token by token and completes.
+    tmux.type_text("Write hello world");
+    tmux.keys(&["Enter"]);
+    let screen = tmux.wait_for("streaming", |s| streamed_tokens(s).is_some_and(|n| n > 0));
+    let first = streamed_tokens(&screen).unwrap();
+    tmux.wait_for("more tokens", |s| streamed_tokens(s).is_none_or(|n| n > first));
+    let screen = tmux.wait_for("the reply to finish", |s| !s.contains("generating") && s.contains("tok/s"));
+    assert!(screen.contains("phi-tui │ Write hello world"), "the title comes from the first message:\n{screen}");
+
+    // A second reply is cancelled with Esc while it streams.
+    tmux.type_text("Tell me more");
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the second reply to stream", |s| streamed_tokens(s).is_some_and(|n| n >= 3));
+    tmux.keys(&["Escape"]);
+    let screen = tmux.wait_for("the cancel", |s| s.contains("(stopped)") && !s.contains("generating"));
+    assert!(!screen.contains("error"), "{screen}");
+
+    // Quit: the terminal is given back (no alternate screen) and the exit status is 0.
+    tmux.keys(&["C-q"]);
+    assert_eq!(tmux.wait_exit(), "0", "{}", tmux.screen());
+    assert_eq!(tmux.pane("#{alternate_on}"), "0", "the alternate screen was left");
+
+    let files = session_files(&dirs.data);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let session = read_session(&files[0]);
+    let messages = session["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 4, "{session:#}");
+    assert_eq!(messages[0]["role"], "user");
+    assert_eq!(messages[0]["text"], "Write hello world");
+    assert_eq!(messages[1]["role"], "assistant");
+    assert_eq!(messages[1]["status"], "complete");
+    assert!(messages[1]["stats"]["tokens"].as_u64().unwrap() > 0);
+    assert_eq!(messages[2]["text"], "Tell me more");
+    assert_eq!(messages[3]["status"], "cancelled");
+    assert!(!messages[3]["text"].as_str().unwrap().is_empty(), "the streamed part is kept");
+    // Logs went to a file, not to the terminal.
+    assert!(dirs.data.join("phi-tui.log").exists());
+}
+
+#[test]
+fn a_session_file_survives_sigkill_mid_reply() {
+    require_tmux!();
+    let _serial = serial();
+    // Long replies (and room for them), so that a periodic save (every second) lands in the middle of one.
+    let dirs = dirs("mode = \"chat\"\nmax_tokens = 1500\n");
+    let model = tiny_model();
+    let tmux = Tmux::start(&command(&dirs, &format!("-m {} -t 1 -c 4096", model.display())));
+    tmux.wait_for("the model to load", |s| s.contains("ctx 0/4096"));
+    tmux.type_text("First question");
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the first reply", |s| !s.contains("generating") && s.contains("tok/s"));
+    tmux.type_text("Second question");
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the second reply to stream", |s| streamed_tokens(s).is_some_and(|n| n > 0));
+
+    // Wait until a periodic save has caught part of the streaming reply, then kill -9.
+    let start = Instant::now();
+    let file = loop {
+        if let Some(file) = session_files(&dirs.data).pop() {
+            if let Ok(session) = serde_json::from_slice::<Value>(&std::fs::read(&file).unwrap_or_default()) {
+                let messages = session["messages"].as_array().cloned().unwrap_or_default();
+                if messages.len() == 4
+                    && messages[3]["status"] == "streaming"
+                    && !messages[3]["text"].as_str().unwrap_or("").is_empty()
+                {
+                    break file;
+                }
+            }
+        }
+        assert!(start.elapsed() < TIMEOUT, "no mid-reply save; screen:\n{}", tmux.screen());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let pid = tmux.pane("#{pane_pid}");
+    assert!(Command::new("kill").args(["-KILL", &pid]).status().unwrap().success());
+    tmux.wait_exit();
+
+    let session = read_session(&file);
+    let messages = session["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 4, "{session:#}");
+    assert_eq!(messages[0]["text"], "First question");
+    assert_eq!(messages[1]["status"], "complete");
+    assert!(!messages[1]["text"].as_str().unwrap().is_empty());
+    assert_eq!(messages[2]["text"], "Second question");
+    // The store reads the unfinished reply back as interrupted.
+    let store = phi_tui::tui::session::SessionStore::new(&dirs.data);
+    let id = session["id"].as_str().unwrap();
+    let loaded = store.load(id).unwrap();
+    assert_eq!(loaded.messages[3].status, phi_tui::tui::session::MessageStatus::Interrupted);
+    assert_eq!(store.list().len(), 1);
+}
+
+#[test]
+fn first_run_without_a_model_explains_how_to_get_one() {
+    require_tmux!();
+    let _serial = serial();
+    let dirs = dirs("");
+    let tmux = Tmux::start(&command(&dirs, ""));
+    let screen = tmux.wait_for("the first-run screen", |s| s.contains("No model loaded"));
+    assert!(screen.contains("phi-tui convert /path/to/phi-1 -o phi-1.f16.gguf"), "{screen}");
+    assert!(screen.contains(&dirs.config.join("config.toml").display().to_string()), "{screen}");
+    // The help overlay opens; any key closes it.
+    tmux.keys(&["F1"]);
+    tmux.wait_for("the help", |s| s.contains("Keys — any key closes"));
+    tmux.keys(&["x"]);
+    tmux.wait_for("the help to close", |s| !s.contains("Keys — any key closes"));
+    tmux.keys(&["C-q"]);
+    assert_eq!(tmux.wait_exit(), "0");
+    assert!(session_files(&dirs.data).is_empty(), "nothing was said, nothing is saved");
+}
+
+#[test]
+fn code_mode_reply_runs_in_the_sandbox_on_request() {
+    require_tmux!();
+    let _serial = serial();
+    let dirs = dirs("mode = \"code\"\nmax_tokens = 24\n");
+    let model = tiny_model();
+    let tmux = Tmux::start(&command(&dirs, &format!("-m {} -t 1 -c 2048", model.display())));
+    tmux.wait_for("the model to load", |s| s.contains("ctx 0/2048") && s.contains("code mode"));
+    // Multi-line input: Ctrl-J inserts a newline, Enter sends.
+    tmux.type_text("def add(a, b):");
+    tmux.keys(&["C-j"]);
+    tmux.type_text("    return a + b");
+    tmux.keys(&["Enter"]);
+    let screen = tmux.wait_for("the reply", |s| !s.contains("generating") && s.contains("tok/s"));
+    assert!(screen.contains("[1] python"), "{screen}");
+    assert!(!screen.contains("run [1]"), "nothing runs without the key");
+    tmux.keys(&["C-x"]);
+    // The tiny model's continuation is noise, so the verdict may be either; it must be shown inline.
+    let screen = tmux.wait_for("the run result", |s| s.contains("run [1]:"));
+    assert!(screen.contains("✓ run [1]") || screen.contains("✗ run [1]"), "{screen}");
+    tmux.keys(&["C-q"]);
+    assert_eq!(tmux.wait_exit(), "0");
+    let session = read_session(&session_files(&dirs.data)[0]);
+    assert_eq!(session["messages"][1]["runs"].as_array().unwrap().len(), 1, "{session:#}");
+}
+
+#[test]
+fn config_mistakes_are_reported_before_the_screen_is_taken() {
+    for (config, expected) in [
+        ("max_tokens = \"many\"\n", "expected u32"),
+        ("[keys]\nsned = \"enter\"\n", "unknown command `sned`"),
+        ("[keys]\nsend = \"ctrl-\"\n", "cannot read key `ctrl-`"),
+        ("theme = \"neon\"\n", "unknown theme `neon`"),
+    ] {
+        let dirs = dirs(config);
+        let output = Command::new(env!("CARGO_BIN_EXE_phi-tui"))
+            .env("PHI_TUI_DATA_DIR", &dirs.data)
+            .env("PHI_TUI_CONFIG_DIR", &dirs.config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("config.toml") && stderr.contains(expected), "{config}: {stderr}");
+        assert!(output.stdout.is_empty());
+    }
+    // A good config without a terminal: a clear message, not a garbled screen.
+    let dirs = dirs("");
+    let output = Command::new(env!("CARGO_BIN_EXE_phi-tui"))
+        .env("PHI_TUI_DATA_DIR", &dirs.data)
+        .env("PHI_TUI_CONFIG_DIR", &dirs.config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("needs a terminal"));
+}
