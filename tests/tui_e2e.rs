@@ -93,13 +93,31 @@ impl Tmux {
         }
     }
 
+    /// Waits for the program to exit; returns its exit status, or "" where tmux did not learn it (tmux 3.3
+    /// sometimes marks a pane dead without collecting the status).
     fn wait_exit(&self) -> String {
         let start = Instant::now();
         while self.pane("#{pane_dead}") != "1" {
             assert!(start.elapsed() < TIMEOUT, "phi-tui did not exit; screen:\n{}", self.screen());
             std::thread::sleep(Duration::from_millis(50));
         }
-        self.pane("#{pane_dead_status}")
+        let dead = Instant::now();
+        loop {
+            let status = self.pane("#{pane_dead_status}");
+            if !status.is_empty() || dead.elapsed() > Duration::from_secs(2) {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Quits with Ctrl-Q and checks that the program exited cleanly and gave the terminal back.
+    fn quit(&self) {
+        self.keys(&["C-q"]);
+        let status = self.wait_exit();
+        assert!(status == "0" || status.is_empty(), "exit status {status}; screen:\n{}", self.screen());
+        assert!(self.pane("#{pane_dead_signal}").is_empty(), "killed by a signal; screen:\n{}", self.screen());
+        assert_eq!(self.pane("#{alternate_on}"), "0", "the alternate screen was left");
     }
 }
 
@@ -159,8 +177,10 @@ fn streamed_tokens(screen: &str) -> Option<usize> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
-/// Chat mode with greedy decoding: the tiny random model then writes long, deterministic replies.
-const CHAT_CONFIG: &str = "mode = \"chat\"\nmax_tokens = 600\n";
+/// Chat mode with greedy decoding: the tiny random model then writes long (seconds), deterministic replies, with
+/// [`CHAT_ARGS`] giving them room.
+const CHAT_CONFIG: &str = "mode = \"chat\"\nmax_tokens = 3000\n";
+const CHAT_ARGS: &str = "-t 1 -c 8192";
 
 /// One TUI at a time: two engines on a small machine slow each other down a lot (llama.cpp's threads spin).
 fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -174,8 +194,8 @@ fn type_stream_cancel_quit_and_find_the_session_on_disk() {
     let _serial = serial();
     let dirs = dirs(CHAT_CONFIG);
     let model = tiny_model();
-    let tmux = Tmux::start(&command(&dirs, &format!("-m {} -t 1 -c 2048", model.display())));
-    tmux.wait_for("the model to load", |s| s.contains("ctx 0/2048") && s.contains("chat mode"));
+    let tmux = Tmux::start(&command(&dirs, &format!("-m {} {CHAT_ARGS}", model.display())));
+    tmux.wait_for("the model to load", |s| s.contains("ctx 0/8192") && s.contains("chat mode"));
 
     // A reply streams token by token and completes.
     tmux.type_text("Write hello world");
@@ -195,9 +215,7 @@ fn type_stream_cancel_quit_and_find_the_session_on_disk() {
     assert!(!screen.contains("error"), "{screen}");
 
     // Quit: the terminal is given back (no alternate screen) and the exit status is 0.
-    tmux.keys(&["C-q"]);
-    assert_eq!(tmux.wait_exit(), "0", "{}", tmux.screen());
-    assert_eq!(tmux.pane("#{alternate_on}"), "0", "the alternate screen was left");
+    tmux.quit();
 
     let files = session_files(&dirs.data);
     assert_eq!(files.len(), 1, "{files:?}");
@@ -220,11 +238,11 @@ fn type_stream_cancel_quit_and_find_the_session_on_disk() {
 fn a_session_file_survives_sigkill_mid_reply() {
     require_tmux!();
     let _serial = serial();
-    // Long replies (and room for them), so that a periodic save (every second) lands in the middle of one.
-    let dirs = dirs("mode = \"chat\"\nmax_tokens = 1500\n");
+    // Long replies, so that a periodic save (every second) lands in the middle of one.
+    let dirs = dirs(CHAT_CONFIG);
     let model = tiny_model();
-    let tmux = Tmux::start(&command(&dirs, &format!("-m {} -t 1 -c 4096", model.display())));
-    tmux.wait_for("the model to load", |s| s.contains("ctx 0/4096"));
+    let tmux = Tmux::start(&command(&dirs, &format!("-m {} {CHAT_ARGS}", model.display())));
+    tmux.wait_for("the model to load", |s| s.contains("ctx 0/8192"));
     tmux.type_text("First question");
     tmux.keys(&["Enter"]);
     tmux.wait_for("the first reply", |s| !s.contains("generating") && s.contains("tok/s"));
@@ -282,8 +300,7 @@ fn first_run_without_a_model_explains_how_to_get_one() {
     tmux.wait_for("the help", |s| s.contains("Keys — any key closes"));
     tmux.keys(&["x"]);
     tmux.wait_for("the help to close", |s| !s.contains("Keys — any key closes"));
-    tmux.keys(&["C-q"]);
-    assert_eq!(tmux.wait_exit(), "0");
+    tmux.quit();
     assert!(session_files(&dirs.data).is_empty(), "nothing was said, nothing is saved");
 }
 
@@ -307,8 +324,7 @@ fn code_mode_reply_runs_in_the_sandbox_on_request() {
     // The tiny model's continuation is noise, so the verdict may be either; it must be shown inline.
     let screen = tmux.wait_for("the run result", |s| s.contains("run [1]:"));
     assert!(screen.contains("✓ run [1]") || screen.contains("✗ run [1]"), "{screen}");
-    tmux.keys(&["C-q"]);
-    assert_eq!(tmux.wait_exit(), "0");
+    tmux.quit();
     let session = read_session(&session_files(&dirs.data)[0]);
     assert_eq!(session["messages"][1]["runs"].as_array().unwrap().len(), 1, "{session:#}");
 }

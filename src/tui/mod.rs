@@ -43,6 +43,9 @@ use keys::KeyMap;
 use render::RenderCache;
 use session::{Session, SessionStore};
 
+/// Python that touches most of the syntax's rules (highlighted once at start, off the UI thread).
+const WARM_UP_CODE: &str = "import os\n@decorator\nclass A(B):\n    \"\"\"Doc.\"\"\"\n    def f(self, x: int = 1, *a, **k) -> str:\n        return f'{x!r}' + r'\\d' + b'x'.decode() if x else [y for y in range(3)]  # c\nlambda t: t[1]\n";
+
 /// The least time between two frames.
 const FRAME: Duration = Duration::from_millis(16);
 
@@ -101,6 +104,10 @@ pub async fn run(options: TuiOptions) -> Result<(), TuiError> {
         Some(path) => ModelState::Loading { path: path.clone(), progress: 0.0 },
         None => ModelState::None,
     };
+    // Syntect compiles its regexes on first use: do it while the model loads, not in the first frame with code.
+    std::thread::spawn(|| {
+        markdown::Highlighter::get().highlight(WARM_UP_CODE, "python");
+    });
     let mut app = App::new(app_options, Session::new(String::new(), mode), model_state);
     let store = SessionStore::new(&options.data_dir);
 
