@@ -234,6 +234,7 @@ async fn finetune_reproduces_the_peft_run_and_its_adapter_works_in_the_engine() 
         let expected = read_logits(&lora_fixtures().join(format!("merged/{name}.last_logits.f32")));
         let diff = max_abs_diff(&logits, &expected);
         assert!(diff <= 2e-2, "{name}: max |Δlogit| {diff} against PEFT's merged model");
+        eprintln!("{name}: engine with our adapter vs PEFT merged: max |Δlogit| {diff:.2e}");
         assert_eq!(argmax(&logits), argmax(&expected), "{name}: top-1");
     }
 }
@@ -563,4 +564,38 @@ fn a_peft_adapter_of_the_legacy_fused_layout_becomes_q_k_v_modules() {
     for (target, pair) in expected {
         assert_eq!(adapter.modules[&(0, target)], pair, "{target}");
     }
+}
+
+/// Ctrl-C (SIGINT) finishes the current step, saves a checkpoint, says how to resume, and writes no adapter.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = reference_data_jsonl(dir.path());
+    let out = dir.path().join("adapter.gguf");
+    let log = dir.path().join("log.jsonl");
+    let base = fixtures().join("tiny-phi");
+    #[rustfmt::skip]
+    let child = Command::new(env!("CARGO_BIN_EXE_phi-tui"))
+        .args([
+            "finetune", "--base", base.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out",
+            out.to_str().unwrap(), "--log", log.to_str().unwrap(), "--steps", "100000", "--batch", "1",
+            "--seq-len", "32", "--rank", "2", "--val-fraction", "0",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::fs::read_to_string(&log).map_or(true, |l| l.lines().count() < 2) {
+        assert!(std::time::Instant::now() < deadline, "no training step within two minutes");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let error = stderr(&output);
+    assert_eq!(output.status.code(), Some(130), "{error}");
+    assert!(error.contains("--resume"), "{error}");
+    assert!(out.with_extension("ckpt").join(finetune::CHECKPOINT_FILE).is_file(), "{error}");
+    assert!(!out.exists(), "an interrupted run wrote the adapter");
 }

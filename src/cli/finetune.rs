@@ -103,7 +103,7 @@ pub struct FinetuneArgs {
     #[arg(long, default_value_t = 0)]
     save_every: u64,
     /// Continue the run saved in the checkpoint directory, exactly where it stopped
-    #[arg(long)]
+    #[arg(long, conflicts_with = "init_adapter")]
     resume: bool,
     /// Write one JSON line per optimizer step: {"step","loss","lr"} (loss before the update; step counts from 1)
     #[arg(long)]

@@ -18,7 +18,7 @@ use super::peft::{f32_bytes, write_safetensors};
 
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 const STATE_KEY: &str = "phi_tui.finetune";
-const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct CheckpointState {

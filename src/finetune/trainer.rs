@@ -265,7 +265,7 @@ impl<'a> Trainer<'a> {
     /// Saves a checkpoint into `dir`.
     pub fn save_checkpoint(&self, dir: &std::path::Path) -> Result<PathBuf> {
         let state = CheckpointState {
-            version: 1,
+            version: checkpoint::FORMAT_VERSION,
             step: self.step,
             adam_step: self.adam.step,
             rank: self.rank,
@@ -448,6 +448,9 @@ impl<'a> Trainer<'a> {
 /// Every check that can fail before training starts.
 fn check_options(model: &BaseModel, data: &Dataset, options: &TrainOptions) -> Result<()> {
     let option = |message: String| Err(FinetuneError::Option(message));
+    if data.train.is_empty() {
+        return Err(FinetuneError::data(&data.path, None, "no training sequences"));
+    }
     let context = model.config.context_length;
     if options.seq_len < 2 {
         return option(format!("--seq-len {} is too short (at least 2 tokens)", options.seq_len));
