@@ -4,6 +4,11 @@ mod cli;
 
 use std::process::ExitCode;
 
+/// mimalloc instead of the system allocator: training frees and reallocates the same large buffers every step,
+/// which glibc returns to the kernel and faults back in each time; mimalloc reuses them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     phi_tui::logging::init_stderr();
     match cli::run() {

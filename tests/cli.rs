@@ -126,6 +126,8 @@ fn generate_json_reproduces_the_reference_greedy_tokens() {
     assert_eq!(&tokens[..stable.len()], stable);
     assert_eq!(tokens.len(), 24);
     assert!(json["text"].is_string());
+    assert_eq!(json["device"], "CPU");
+    assert_eq!(json["gpu_layers"], 0);
     for key in ["prompt_ms", "gen_ms", "prompt_tok_s", "gen_tok_s"] {
         assert!(json["timings"][key].as_f64().unwrap() > 0.0, "{key}: {}", json["timings"]);
     }
@@ -195,5 +197,19 @@ fn bench_reports_throughput_as_json() {
     assert!(json["pp_tok_s"].as_f64().unwrap() > 0.0);
     assert!(json["tg_tok_s"].as_f64().unwrap() > 0.0);
     assert_eq!(json["device"], "CPU");
+    assert_eq!(json["gpu_layers"], 0);
     assert_eq!(json["pp_runs_tok_s"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn backends_dir_needs_the_dynamic_backends_build() {
+    let model = converted("tiny-phi", OutType::F16);
+    let result = phi_tui(&["generate", "-m", model.to_str().unwrap(), "-p", "x", "--backends-dir", "/nonexistent"]);
+    assert!(!result.status.success());
+    let error = stderr(&result);
+    if cfg!(feature = "dynamic-backends") {
+        assert!(error.contains("/nonexistent: not a directory of ggml backend modules"), "{error}");
+    } else {
+        assert!(error.contains("needs a phi-tui built with `--features dynamic-backends`"), "{error}");
+    }
 }

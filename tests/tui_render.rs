@@ -74,6 +74,17 @@ fn ready_code_mode_welcome() {
 }
 
 #[test]
+fn status_line_names_the_gpu_the_model_runs_on() {
+    let mut info = model_info("phi-1");
+    info.device = "NVIDIA H200 (CUDA)".to_owned();
+    info.gpu_layers = 25;
+    let mut app = App::new(options(), Session::new("gpu".into(), PromptMode::Code), ModelState::Ready(Box::new(info)));
+    let screen = screen(&mut app);
+    let status = screen.lines().last().unwrap();
+    assert!(status.contains("phi-1 F16 NVIDIA H200 (CUDA) │ ctx"), "{status}");
+}
+
+#[test]
 fn conversation_with_code_and_chat_replies() {
     let mut app = conversation();
     app.update(Action::AdapterChanged(Ok(Some(AdapterInfo { path: PathBuf::from("/a/style.gguf"), scale: 0.5 }))));

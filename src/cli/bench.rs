@@ -1,11 +1,13 @@
 //! `phi-tui bench`: prompt processing (pp) and generation (tg) throughput through the engine, measured the way
-//! llama-bench does — one warm-up, then the median of several runs, each from an empty cache.
+//! llama-bench does — one warm-up, then the median of several runs, each from an empty cache. As in pbench (the raw
+//! llama.h harness in tests/bench), each tg run generates right after its pp run's prompt, so engine and raw
+//! numbers compare at the same depth of the KV cache.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use phi_tui::engine::{Engine, GenerateRequest, ModelInfo, Prompt, SequenceId, TokenId};
+use phi_tui::engine::{Engine, GenerateRequest, ModelInfo, Prompt, SequenceId, Timings, TokenId};
 use serde::Serialize;
 
 use super::RuntimeArgs;
@@ -53,7 +55,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut options = args.runtime.engine_options(1)?;
     // pp runs decode the whole prompt in one batch, as llama-bench does.
     options.batch_size = options.batch_size.max(args.n_prompt);
-    let needed = args.n_prompt.max(args.n_gen + 1);
+    // The prompt, the generated tokens, and room to sample one more.
+    let needed = args.n_prompt + args.n_gen + 1;
     options.context_size = Some(options.context_size.unwrap_or(needed).max(needed));
     let engine = Engine::start(options)?;
     let report = super::runtime()?.block_on(async {
@@ -62,8 +65,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let mut pp = Vec::new();
         let mut tg = Vec::new();
         for run in 0..=args.repetitions {
-            let pp_speed = timed(&engine, tokens.clone(), 0, true).await?;
-            let tg_speed = timed(&engine, tokens[..1].to_vec(), args.n_gen + 1, false).await?;
+            engine.clear_sequence(SequenceId(0)).await?;
+            let pp_speed = timed(&engine, tokens.clone(), 0).await?.prompt_tok_s();
+            // The same prompt again: the cache holds it, so only its last token is decoded (for its logits)
+            // before the n_gen timed tokens. (max_tokens counts the last sampled token, which is never decoded.)
+            let tg_speed = timed(&engine, tokens.clone(), args.n_gen + 1).await?.gen_tok_s();
             // Run 0 warms caches and lazy allocations up.
             if run > 0 {
                 pp.push(pp_speed);
@@ -99,14 +105,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One run from an empty cache. With `max_tokens` 0 it measures the prompt; otherwise the generation.
-async fn timed(engine: &Engine, prompt: Vec<TokenId>, max_tokens: u32, measure_prompt: bool) -> anyhow::Result<f64> {
-    engine.clear_sequence(SequenceId(0)).await?;
+/// One generation on sequence 0, reusing whatever prefix of `prompt` it holds. With `max_tokens` 0 it only
+/// decodes the prompt.
+async fn timed(engine: &Engine, prompt: Vec<TokenId>, max_tokens: u32) -> anyhow::Result<Timings> {
     let mut request = GenerateRequest::new(SequenceId(0), Prompt::Tokens(prompt));
     request.max_tokens = max_tokens;
     request.stop_at_eog = false;
     let summary = engine.generate(request).finish().await?;
-    Ok(if measure_prompt { summary.timings.prompt_tok_s() } else { summary.timings.gen_tok_s() })
+    Ok(summary.timings)
 }
 
 /// Fixed pseudo-random ordinary tokens: speed does not depend on which tokens they are, and fixed ones make runs

@@ -28,6 +28,9 @@ pub struct ConvertArgs {
     /// Threads for llama.cpp's quantizer (default: all cores)
     #[arg(long, short = 't')]
     threads: Option<u32>,
+    /// Directory of ggml backend modules for llama.cpp's quantizer; needs the `dynamic-backends` build
+    #[arg(long, env = "PHI_TUI_BACKENDS_DIR")]
+    backends_dir: Option<PathBuf>,
 }
 
 fn parse_out_type(s: &str) -> Result<OutType, String> {
@@ -47,6 +50,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
             tokenizer_config_json: bundled::TOKENIZER_CONFIG_JSON,
         }),
     };
+    super::use_backends_dir(args.backends_dir.as_deref())?;
     let summary = if args.outtype.is_native() {
         convert_with_progress(&args.input, &output, &options)?
     } else {

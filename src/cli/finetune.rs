@@ -105,7 +105,8 @@ pub struct FinetuneArgs {
     /// Continue the run saved in the checkpoint directory, exactly where it stopped
     #[arg(long, conflicts_with = "init_adapter")]
     resume: bool,
-    /// Write one JSON line per optimizer step: {"step","loss","lr"} (loss before the update; step counts from 1)
+    /// Write one JSON line per optimizer step: {"step","loss","lr","grad_norm","tokens","seconds"} (loss before the
+    /// update; step counts from 1; grad_norm before clipping; seconds of wall-clock time for the step)
     #[arg(long)]
     log: Option<PathBuf>,
     /// Where to train: cpu, or cuda / cuda:N in a build with the `cuda` feature
@@ -114,6 +115,7 @@ pub struct FinetuneArgs {
 }
 
 pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
+    tune_process_for_training();
     let device = finetune::device(&args.device)?;
     if let Some(peft_dir) = &args.import_peft {
         return import(args.base.as_deref(), peft_dir, &args.out, &device);
@@ -235,7 +237,14 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
                 "step"
             );
             if let Some(log) = &mut log {
-                let line = serde_json::json!({"step": report.step, "loss": report.loss, "lr": report.lr});
+                let line = serde_json::json!({
+                    "step": report.step,
+                    "loss": report.loss,
+                    "lr": report.lr,
+                    "grad_norm": report.grad_norm,
+                    "tokens": report.tokens,
+                    "seconds": report.seconds,
+                });
                 if let Err(e) = writeln!(log, "{line}").and_then(|()| log.flush()) {
                     log_error.get_or_insert(e);
                 }
@@ -341,4 +350,24 @@ fn import(base: Option<&Path>, peft_dir: &Path, out: &Path, device: &candle_core
         adapter.modules.len() * 2
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Process-wide settings that make a training step ~25 % faster on a CPU. Called first thing, before any other
+/// thread exists (setting the environment races with threads that read it).
+///
+/// * candle runs its elementwise ops on a pool of `CANDLE_NUM_THREADS` workers that spin between ops, while the
+///   matmuls (most of a step) run on rayon's pool; with both sized to the core count the spinning workers steal the
+///   matmuls' cores. The elementwise ops left in training are a few memory-bound adds, so one thread does them.
+/// * mimalloc (the global allocator, see `main.rs`) returns freed memory to the OS after 10 ms; a training step
+///   frees and reallocates the same hundreds of megabytes, which then fault back in page by page. Training keeps
+///   them.
+fn tune_process_for_training() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+    // `mi_option_purge_delay` of mimalloc v3's `mi_option_t` (include/mimalloc.h of the pinned libmimalloc-sys),
+    // which the crate's constants (written for v2's names) do not name; -1 means never purge.
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: mi_option_set only stores the value in mimalloc's option table.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }

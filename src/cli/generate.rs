@@ -59,6 +59,9 @@ pub struct GenerateArgs {
 
 #[derive(Serialize)]
 struct JsonOutput<'a> {
+    /// Where the model ran: `CPU`, or the GPU holding its offloaded layers.
+    device: &'a str,
+    gpu_layers: u32,
     prompt_tokens: &'a [i32],
     tokens: &'a [i32],
     text: &'a str,
@@ -84,7 +87,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     };
     let engine = Engine::start(args.runtime.engine_options(1)?)?;
     super::runtime()?.block_on(async {
-        engine.load_model(&args.model, None).await?;
+        let info = engine.load_model(&args.model, None).await?;
         if let Some(lora) = &args.lora {
             engine.set_adapter(lora, args.lora_scale).await?;
         }
@@ -114,6 +117,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
                     if args.json {
                         let timings = summary.timings;
                         let output = JsonOutput {
+                            device: &info.device,
+                            gpu_layers: info.gpu_layers,
                             prompt_tokens: &summary.prompt_tokens,
                             tokens: &summary.tokens,
                             text: &summary.text,

@@ -8,7 +8,7 @@ mod generate;
 mod lsp;
 mod tui;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -107,12 +107,7 @@ struct RuntimeArgs {
 
 impl RuntimeArgs {
     fn engine_options(&self, sequences: u32) -> anyhow::Result<EngineOptions> {
-        if let Some(dir) = &self.backends_dir {
-            #[cfg(feature = "dynamic-backends")]
-            phi_tui::engine::set_backends_dir(dir.clone());
-            #[cfg(not(feature = "dynamic-backends"))]
-            anyhow::bail!("--backends-dir {} needs a phi-tui built with `--features dynamic-backends`", dir.display());
-        }
+        use_backends_dir(self.backends_dir.as_deref())?;
         Ok(EngineOptions {
             context_size: self.context_size,
             sequences,
@@ -123,6 +118,17 @@ impl RuntimeArgs {
             ..EngineOptions::default()
         })
     }
+}
+
+/// Tells the engine where the ggml backend modules are, before anything starts llama.cpp.
+fn use_backends_dir(dir: Option<&Path>) -> anyhow::Result<()> {
+    if let Some(dir) = dir {
+        #[cfg(feature = "dynamic-backends")]
+        phi_tui::engine::set_backends_dir(dir.to_path_buf());
+        #[cfg(not(feature = "dynamic-backends"))]
+        anyhow::bail!("--backends-dir {} needs a phi-tui built with `--features dynamic-backends`", dir.display());
+    }
+    Ok(())
 }
 
 fn parse_flash_attention(s: &str) -> Result<FlashAttention, String> {

@@ -147,8 +147,10 @@ pub struct ModelInfo {
     pub context_size: u32,
     pub sequences: u32,
     pub threads: u32,
-    /// `CPU`, or the GPU's name when layers are offloaded.
+    /// `CPU`, or the GPU holding the offloaded layers as `description (backend)`, e.g. `NVIDIA H200 (CUDA)`, with
+    /// `, N/M layers` added when only some of them are.
     pub device: String,
+    /// Layers on the GPU, the output layer included: `n_layer + 1` when all are, 0 on the CPU.
     pub gpu_layers: u32,
     pub flash_attention: FlashAttention,
     pub has_chat_template: bool,

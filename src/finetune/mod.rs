@@ -11,6 +11,7 @@
 //! * [`trainer`]: the loop, validation and checkpoints that resume exactly.
 
 mod checkpoint;
+mod cpu_ops;
 pub mod data;
 mod error;
 pub mod gguf_adapter;

@@ -8,18 +8,19 @@
 //! * final LayerNorm, then `lm_head` with a bias;
 //! * LoRA on a linear layer as PEFT computes it: `y = x·Wᵀ + b + scaling · (x·Aᵀ)·Bᵀ`.
 //!
-//! Base weights never get gradients: their matmuls go through [`FrozenMatmul`], whose backward pass computes the
-//! input's gradient only (candle's own matmul would also compute the weight's, which for `lm_head` costs as much as
-//! the forward pass).
+//! Base weights never get gradients: their matmuls compute the input's gradient only. On the CPU the pieces of a
+//! block are the fused ops of [`super::cpu_ops`]; elsewhere candle's differentiable ops.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Storage, Tensor, D};
 use phi_converters::gguf::{GgmlType, GgufFile, MetadataValue};
 use phi_converters::Layout as CheckpointLayout;
 
+use super::cpu_ops;
 use super::error::{FinetuneError, Result};
 use super::lora::{LoraAdapter, LoraTarget};
 
@@ -125,6 +126,9 @@ pub struct BaseModel {
     final_norm_w: Tensor,
     final_norm_b: Tensor,
     lm_head: Linear,
+    /// Whether the forward pass uses the fused ops of [`cpu_ops`] (on the CPU) or candle's ops (elsewhere, and in
+    /// tests that hold the two to each other).
+    fused: bool,
 }
 
 /// The LoRA matrices as device tensors, for one forward pass. In training they are the tensors of `Var`s (so the
@@ -187,38 +191,32 @@ impl BaseModel {
     fn hidden_states(&self, ids: &Tensor, lora: &LoraTensors) -> Result<Tensor> {
         let c = &self.config;
         let (batch, seq) = ids.dims2()?;
-        let (heads, kv_heads, head_dim) = (c.num_heads, c.num_kv_heads, c.head_dim());
-        let (cos, sin) = rope_tables(c, seq, &self.device)?;
-        let mask = causal_mask(seq, &self.device)?;
-        let attn_scale = 1.0 / (head_dim as f64).sqrt();
+        let (heads, kv_heads) = (c.num_heads, c.num_kv_heads);
+        let rope = RopeTables::new(c, seq);
+        let fused = self.fused;
+        let attention = Attention::new(&self.device, batch, seq, c.head_dim(), c.rope_dims, rope, fused)?;
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?;
         for (layer, block) in self.blocks.iter().enumerate() {
             let linear = |input: &Tensor, target: LoraTarget| -> Result<Tensor> {
                 let lora_pair = lora.modules.get(&(layer, target));
-                linear_with_lora(input, block.linear(target), lora_pair, lora.scaling)
+                linear_with_lora(input, block.linear(target), lora_pair, lora.scaling, fused)
             };
-            let h = layer_norm(&x, &block.norm_w, &block.norm_b, c.layer_norm_eps)?;
-            let split_heads = |t: Tensor, n: usize| -> Result<Tensor> {
-                Ok(t.reshape((batch, seq, n, head_dim))?.transpose(1, 2)?.contiguous()?)
-            };
-            let q = split_heads(linear(&h, LoraTarget::QProj)?, heads)?;
-            let k = split_heads(linear(&h, LoraTarget::KProj)?, kv_heads)?;
-            let v = split_heads(linear(&h, LoraTarget::VProj)?, kv_heads)?;
-            let q = apply_rope(&q, &cos, &sin, c.rope_dims)?;
-            let k = repeat_kv(apply_rope(&k, &cos, &sin, c.rope_dims)?, heads / kv_heads)?;
-            let v = repeat_kv(v, heads / kv_heads)?;
-            let scores = (q.matmul(&k.t()?)? * attn_scale)?.broadcast_add(&mask)?;
-            let probs = softmax_last_dim(&scores)?;
-            let attn = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((batch * seq, heads * head_dim))?;
+            let h = layer_norm(&x, &block.norm_w, &block.norm_b, c.layer_norm_eps, fused)?;
+            let q = attention.split_heads(&linear(&h, LoraTarget::QProj)?, heads, true)?;
+            let k = attention.split_heads(&linear(&h, LoraTarget::KProj)?, kv_heads, true)?;
+            let v = attention.split_heads(&linear(&h, LoraTarget::VProj)?, kv_heads, false)?;
+            let (k, v) = (repeat_kv(k, heads / kv_heads)?, repeat_kv(v, heads / kv_heads)?);
+            let probs = attention.causal_softmax(&q.matmul(&k.t()?)?)?;
+            let attn = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((batch * seq, heads * c.head_dim()))?;
             let attn = linear(&attn, LoraTarget::Dense)?;
-            let mlp = linear(&gelu_new(&linear(&h, LoraTarget::Fc1)?)?, LoraTarget::Fc2)?;
+            let mlp = linear(&gelu_new(&linear(&h, LoraTarget::Fc1)?, fused)?, LoraTarget::Fc2)?;
             x = ((attn + mlp)? + x)?;
         }
-        layer_norm(&x, &self.final_norm_w, &self.final_norm_b, c.layer_norm_eps)
+        layer_norm(&x, &self.final_norm_w, &self.final_norm_b, c.layer_norm_eps, fused)
     }
 
     fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
-        linear_with_lora(hidden, &self.lm_head, None, 0.0)
+        linear_with_lora(hidden, &self.lm_head, None, 0.0, self.fused)
     }
 
     /// The summed cross-entropy of a batch's targets (a scalar tensor in the graph when `lora` holds `Var`s).
@@ -226,23 +224,23 @@ impl BaseModel {
         let hidden = self.hidden_states(&batch.ids, lora)?;
         // Only positions with a target need logits: with loss on completions only this skips most of lm_head.
         let selected = hidden.index_select(&batch.positions, 0)?;
-        if self.device.is_cpu() {
+        if self.fused {
             self.fused_loss_sum(&selected, batch)
         } else {
             self.graph_loss_sum(&selected, batch)
         }
     }
 
-    /// lm_head and cross-entropy in one CPU op ([`LmHeadCrossEntropy`]): the `[targets, vocab]` logits are made
-    /// once and turned into probabilities in place, instead of a dozen vocabulary-wide temporaries in the graph.
+    /// lm_head and cross-entropy in one CPU op ([`cpu_ops::LmHeadCrossEntropy`]): the `[targets, vocab]` logits
+    /// are made once and turned into probabilities in place, instead of a dozen vocabulary-wide temporaries in the
+    /// graph.
     fn fused_loss_sum(&self, hidden: &Tensor, batch: &DeviceBatch) -> Result<Tensor> {
-        let op = LmHeadCrossEntropy {
-            w: self.lm_head.w.clone(),
-            b: self.lm_head.b.clone(),
+        let op = cpu_ops::LmHeadCrossEntropy {
+            head: self.lm_head.cpu_op(0.0),
             targets: batch.targets.flatten_all()?.to_vec1::<u32>()?,
-            probabilities: std::sync::Mutex::new(None),
+            softmax: std::sync::Mutex::new(None),
         };
-        Ok(hidden.contiguous()?.apply_op1_arc(std::sync::Arc::new(Box::new(op)))?.sum_all()?)
+        Ok(hidden.contiguous()?.apply_op1_arc(Arc::new(Box::new(op)))?.sum_all()?)
     }
 
     /// The same loss from candle's differentiable ops, for devices without the fused op.
@@ -272,10 +270,32 @@ impl BaseModel {
     }
 }
 
+// The forward pass's pieces. On the CPU each is a fused op of `cpu_ops` (one pass forward, one backward); on
+// other devices the same math from candle's differentiable ops. The tests in `cpu_ops` hold the two to each other.
+
+impl Linear {
+    fn cpu_op(&self, scaling: f64) -> cpu_ops::Linear {
+        cpu_ops::Linear { w: self.w.clone(), b: self.b.clone(), scaling: scaling as f32 }
+    }
+}
+
 /// `x·Wᵀ + b`, plus `scaling·(x·Aᵀ)·Bᵀ` when the layer has LoRA matrices. `x` is `[m, in]`.
-fn linear_with_lora(x: &Tensor, linear: &Linear, lora: Option<&(Tensor, Tensor)>, scaling: f64) -> Result<Tensor> {
+fn linear_with_lora(
+    x: &Tensor,
+    linear: &Linear,
+    lora: Option<&(Tensor, Tensor)>,
+    scaling: f64,
+    fused: bool,
+) -> Result<Tensor> {
     let x = x.contiguous()?;
-    let y = x.apply_op1_arc(std::sync::Arc::new(Box::new(FrozenMatmul { w: linear.w.clone() })))?;
+    if fused {
+        let op = linear.cpu_op(scaling);
+        return Ok(match lora {
+            Some((a, b)) => x.apply_op3_arc(&a.contiguous()?, &b.contiguous()?, Arc::new(Box::new(op)))?,
+            None => x.apply_op1_arc(Arc::new(Box::new(op)))?,
+        });
+    }
+    let y = x.apply_op1_arc(Arc::new(Box::new(FrozenMatmul { w: linear.w.clone() })))?;
     let y = y.broadcast_add(&linear.b)?;
     match lora {
         Some((a, b)) => Ok((y + (x.matmul(&a.t()?)?.matmul(&b.t()?)? * scaling)?)?),
@@ -283,96 +303,122 @@ fn linear_with_lora(x: &Tensor, linear: &Linear, lora: Option<&(Tensor, Tensor)>
     }
 }
 
-/// `gelu_new` (the tanh approximation). On the CPU a fused op whose backward pass is one pass over the input;
-/// elsewhere candle's `gelu`, whose backward builds a dozen temporaries (and two `powf`s) per call.
-fn gelu_new(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() {
-        Ok(x.contiguous()?.apply_op1_arc(std::sync::Arc::new(Box::new(GeluNew)))?)
+/// `gelu_new` (the tanh approximation); candle's `gelu` off the CPU.
+fn gelu_new(x: &Tensor, fused: bool) -> Result<Tensor> {
+    if fused {
+        Ok(x.contiguous()?.apply_op1_arc(Arc::new(Box::new(cpu_ops::GeluNew)))?)
     } else {
         Ok(x.gelu()?)
     }
 }
 
-const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-const GELU_COEFFICIENT: f32 = 0.044_715;
-
-struct GeluNew;
-
-impl CustomOp1 for GeluNew {
-    fn name(&self) -> &'static str {
-        "gelu-new"
+/// torch's LayerNorm over the last dimension (biased variance), with a frozen weight and bias.
+fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, fused: bool) -> Result<Tensor> {
+    if fused {
+        let op = cpu_ops::LayerNorm { w: w.clone(), b: b.clone(), eps: eps as f32 };
+        return Ok(x.contiguous()?.apply_op1_arc(Arc::new(Box::new(op)))?);
     }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(storage, layout)?;
-        let mut y = vec![0f32; x.len()];
-        parallel_zip(&mut y, x, x, |y, &x, _| {
-            *y = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + GELU_COEFFICIENT * x * x * x)).tanh());
-        });
-        Ok((CpuStorage::F32(y), layout.shape().clone()))
-    }
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(&grad_res.contiguous()?, &GeluNewGrad)?))
-    }
-}
-
-/// `grad · gelu_new'(x)` for `(x, grad)`.
-struct GeluNewGrad;
-
-impl candle_core::CustomOp2 for GeluNewGrad {
-    fn name(&self) -> &'static str {
-        "gelu-new-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x_storage: &CpuStorage,
-        x_layout: &Layout,
-        grad_storage: &CpuStorage,
-        grad_layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(x_storage, x_layout)?;
-        let grad = contiguous_f32(grad_storage, grad_layout)?;
-        if x.len() != grad.len() {
-            candle_core::bail!("gelu backward: {} inputs, {} gradients", x.len(), grad.len());
-        }
-        let mut out = vec![0f32; x.len()];
-        parallel_zip(&mut out, x, grad, |out, &x, &g| {
-            let t = (SQRT_2_OVER_PI * (x + GELU_COEFFICIENT * x * x * x)).tanh();
-            let inner_derivative = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_COEFFICIENT * x * x);
-            *out = g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * inner_derivative);
-        });
-        Ok((CpuStorage::F32(out), x_layout.shape().clone()))
-    }
-}
-
-/// The f32 elements of a contiguous CPU tensor.
-fn contiguous_f32<'s>(storage: &'s CpuStorage, layout: &Layout) -> candle_core::Result<&'s [f32]> {
-    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("expected a contiguous tensor") };
-    Ok(&storage.as_slice::<f32>()?[start..end])
-}
-
-/// `f(out[i], a[i], b[i])` for every i, split over candle's CPU threads.
-fn parallel_zip(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(&mut f32, &f32, &f32) + Sync) {
-    let threads = candle_core::utils::get_num_threads().max(1);
-    // Below this, starting threads costs more than it saves.
-    let chunk = out.len().div_ceil(threads).max(1 << 15);
-    std::thread::scope(|scope| {
-        for ((out, a), b) in out.chunks_mut(chunk).zip(a.chunks(chunk)).zip(b.chunks(chunk)) {
-            let f = &f;
-            scope.spawn(move || out.iter_mut().zip(a).zip(b).for_each(|((o, x), y)| f(o, x, y)));
-        }
-    });
-}
-
-/// torch's LayerNorm over the last dimension (biased variance).
-fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
     let mean = x.mean_keepdim(D::Minus1)?;
     let centered = x.broadcast_sub(&mean)?;
     let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
     let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
     Ok(normed.broadcast_mul(w)?.broadcast_add(b)?)
+}
+
+/// cos and sin `[seq, rope_dims]`, computed in float32 as transformers does (inverse frequencies
+/// `1/theta^(2i/d)`, angles `position · inv_freq`, the half repeated).
+struct RopeTables {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl RopeTables {
+    fn new(config: &PhiConfig, seq: usize) -> RopeTables {
+        let dims = config.rope_dims;
+        let half = dims / 2;
+        let theta = config.rope_theta as f32;
+        let inv_freq: Vec<f32> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / dims as f32)).collect();
+        let mut cos = Vec::with_capacity(seq * dims);
+        let mut sin = Vec::with_capacity(seq * dims);
+        for position in 0..seq {
+            for _half in 0..2 {
+                for &f in &inv_freq {
+                    let angle = position as f32 * f;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        RopeTables { cos, sin }
+    }
+}
+
+/// What a forward pass's attention layers share: the shape, the rotary tables and (off the CPU) the mask.
+struct Attention {
+    batch: usize,
+    seq: usize,
+    head_dim: usize,
+    rope_dims: usize,
+    scale: f64,
+    rope: RopeTables,
+    /// Without the fused ops: the tables and the causal mask as device tensors.
+    graph: Option<GraphAttention>,
+}
+
+struct GraphAttention {
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
+}
+
+impl Attention {
+    fn new(
+        device: &Device,
+        batch: usize,
+        seq: usize,
+        head_dim: usize,
+        rope_dims: usize,
+        rope: RopeTables,
+        fused: bool,
+    ) -> Result<Attention> {
+        let graph = if fused {
+            None
+        } else {
+            Some(GraphAttention {
+                cos: Tensor::from_slice(&rope.cos, (seq, rope_dims), device)?,
+                sin: Tensor::from_slice(&rope.sin, (seq, rope_dims), device)?,
+                mask: causal_mask(seq, device)?,
+            })
+        };
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        Ok(Attention { batch, seq, head_dim, rope_dims, scale, rope, graph })
+    }
+
+    /// A projection `[batch·seq, heads·head_dim]` → `[batch, heads, seq, head_dim]`, rotated when `rotary`.
+    fn split_heads(&self, t: &Tensor, heads: usize, rotary: bool) -> Result<Tensor> {
+        let rope_dims = if rotary { self.rope_dims } else { 0 };
+        let Some(graph) = &self.graph else {
+            let op = cpu_ops::SplitHeadsRope {
+                batch: self.batch,
+                heads,
+                cos: self.rope.cos.clone(),
+                sin: self.rope.sin.clone(),
+                rope_dims,
+            };
+            return Ok(t.contiguous()?.apply_op1_arc(Arc::new(Box::new(op)))?);
+        };
+        let t = t.reshape((self.batch, self.seq, heads, self.head_dim))?.transpose(1, 2)?.contiguous()?;
+        apply_rope(&t, &graph.cos, &graph.sin, rope_dims)
+    }
+
+    /// Scaled, causally masked softmax of attention scores `[batch, heads, seq, seq]`.
+    fn causal_softmax(&self, scores: &Tensor) -> Result<Tensor> {
+        let Some(graph) = &self.graph else {
+            let op = cpu_ops::CausalSoftmax { scale: self.scale as f32 };
+            return Ok(scores.contiguous()?.apply_op1_arc(Arc::new(Box::new(op)))?);
+        };
+        softmax_last_dim(&(scores * self.scale)?.broadcast_add(&graph.mask)?)
+    }
 }
 
 /// Softmax over the last dimension. The max is subtracted for range only; it is detached because softmax does
@@ -388,27 +434,6 @@ fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 fn causal_mask(seq: usize, device: &Device) -> Result<Tensor> {
     let mask: Vec<f32> = (0..seq).flat_map(|i| (0..seq).map(move |j| if j > i { f32::MIN } else { 0.0 })).collect();
     Ok(Tensor::from_vec(mask, (seq, seq), device)?)
-}
-
-/// cos and sin `[seq, rope_dims]`, computed in float32 as transformers does (inverse frequencies
-/// `1/theta^(2i/d)`, angles `position · inv_freq`, the half repeated).
-fn rope_tables(config: &PhiConfig, seq: usize, device: &Device) -> Result<(Tensor, Tensor)> {
-    let dims = config.rope_dims;
-    let half = dims / 2;
-    let theta = config.rope_theta as f32;
-    let inv_freq: Vec<f32> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / dims as f32)).collect();
-    let mut cos = Vec::with_capacity(seq * dims);
-    let mut sin = Vec::with_capacity(seq * dims);
-    for position in 0..seq {
-        for _half in 0..2 {
-            for &f in &inv_freq {
-                let angle = position as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
-    }
-    Ok((Tensor::from_vec(cos, (seq, dims), device)?, Tensor::from_vec(sin, (seq, dims), device)?))
 }
 
 /// Rotates the first `dims` channels of each head of `x` `[batch, heads, seq, head_dim]`.
@@ -438,8 +463,9 @@ fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
     Ok(Tensor::cat(&vec![&x; n_rep], 2)?.reshape((batch, kv_heads * n_rep, seq, head_dim))?)
 }
 
-/// `x · Wᵀ` for a frozen `W` `[out, in]` captured by the op: the backward pass returns `grad · W` for `x` and
-/// nothing for `W`, which is not part of the graph.
+/// `x · Wᵀ` for a frozen `W` `[out, in]` captured by the op, off the CPU: the backward pass returns `grad · W` for
+/// `x` and nothing for `W`, which is not part of the graph (candle's own matmul would also compute the weight's
+/// gradient, which for `lm_head` costs as much as the forward pass).
 struct FrozenMatmul {
     w: Tensor,
 }
@@ -478,99 +504,6 @@ impl CustomOp1 for FrozenMatmul {
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(grad_res.matmul(&self.w)?))
     }
-}
-
-/// Per-row cross-entropy of `hidden · Wᵀ + b` against `targets`, for hidden states `[n, in]` on the CPU; returns
-/// `[n]` losses. The forward pass keeps the softmax probabilities, and the backward pass turns them into
-/// `∂loss/∂logits = (p − onehot(target)) · grad` and returns `∂loss/∂hidden = that · W`.
-struct LmHeadCrossEntropy {
-    w: Tensor,
-    b: Tensor,
-    targets: Vec<u32>,
-    probabilities: std::sync::Mutex<Option<Vec<f32>>>,
-}
-
-impl CustomOp1 for LmHeadCrossEntropy {
-    fn name(&self) -> &'static str {
-        "lm-head-cross-entropy"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, k) = layout.shape().dims2()?;
-        let (w_storage, w_layout) = self.w.storage_and_layout();
-        let Storage::Cpu(w) = &*w_storage else { candle_core::bail!("lm head: weight not on the CPU") };
-        let (vocab, k_w) = w_layout.shape().dims2()?;
-        if k != k_w || self.targets.len() != n {
-            candle_core::bail!("lm head: {n}x{k} hidden states, {vocab}x{k_w} weight, {} targets", self.targets.len());
-        }
-        let logits = storage.matmul(w, (1, n, vocab, k), layout, &w_layout.transpose(0, 1)?)?;
-        let CpuStorage::F32(mut logits) = logits else { candle_core::bail!("lm head: not float32") };
-        let (b_storage, b_layout) = self.b.storage_and_layout();
-        let Storage::Cpu(b) = &*b_storage else { candle_core::bail!("lm head: bias not on the CPU") };
-        let Some((start, end)) = b_layout.contiguous_offsets() else { candle_core::bail!("lm head: strided bias") };
-        let bias = &b.as_slice::<f32>()?[start..end];
-        if bias.len() != vocab || self.targets.iter().any(|&t| t as usize >= vocab) {
-            candle_core::bail!("lm head: bias or target out of range");
-        }
-        let mut losses = vec![0f32; n];
-        let threads = candle_core::utils::get_num_threads().clamp(1, n.max(1));
-        let rows_per_thread = n.div_ceil(threads).max(1);
-        std::thread::scope(|scope| {
-            let chunks = logits.chunks_mut(rows_per_thread * vocab).zip(losses.chunks_mut(rows_per_thread));
-            for (chunk_index, (rows, chunk_losses)) in chunks.enumerate() {
-                let targets = &self.targets[chunk_index * rows_per_thread..];
-                scope.spawn(move || {
-                    for ((row, loss), &target) in rows.chunks_mut(vocab).zip(chunk_losses).zip(targets) {
-                        softmax_cross_entropy_row(row, bias, target as usize, loss);
-                    }
-                });
-            }
-        });
-        *self.probabilities.lock().unwrap_or_else(|e| e.into_inner()) = Some(logits);
-        Ok((CpuStorage::F32(losses), Shape::from(n)))
-    }
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let Some(mut probabilities) = self.probabilities.lock().unwrap_or_else(|e| e.into_inner()).take() else {
-            candle_core::bail!("lm head: backward without a forward pass")
-        };
-        let grad = grad_res.flatten_all()?.to_vec1::<f32>()?;
-        let vocab = self.w.dim(0)?;
-        let rows_per_thread = grad.len().div_ceil(candle_core::utils::get_num_threads().max(1)).max(1);
-        std::thread::scope(|scope| {
-            let chunks = probabilities.chunks_mut(rows_per_thread * vocab).zip(grad.chunks(rows_per_thread));
-            for (chunk, (rows, grads)) in chunks.enumerate() {
-                let targets = &self.targets[chunk * rows_per_thread..];
-                scope.spawn(move || {
-                    for ((row, &g), &target) in rows.chunks_mut(vocab).zip(grads).zip(targets) {
-                        row.iter_mut().for_each(|p| *p *= g);
-                        row[target as usize] -= g;
-                    }
-                });
-            }
-        });
-        let grad_logits = Tensor::from_vec(probabilities, (grad.len(), vocab), arg.device())?;
-        Ok(Some(grad_logits.matmul(&self.w)?))
-    }
-}
-
-/// Adds the bias to one row of logits, writes its cross-entropy for `target` to `loss`, and leaves the softmax
-/// probabilities in the row. Sums in f64, so 50k terms lose nothing.
-fn softmax_cross_entropy_row(row: &mut [f32], bias: &[f32], target: usize, loss: &mut f32) {
-    let mut max = f32::NEG_INFINITY;
-    for (x, &b) in row.iter_mut().zip(bias) {
-        *x += b;
-        max = max.max(*x);
-    }
-    let picked = row[target];
-    let mut sum = 0f64;
-    for x in row.iter_mut() {
-        *x = (*x - max).exp();
-        sum += f64::from(*x);
-    }
-    *loss = ((sum.ln() as f32) + max) - picked;
-    let inverse = (1.0 / sum) as f32;
-    row.iter_mut().for_each(|x| *x *= inverse);
 }
 
 /// Canonical (GGUF) tensor name for a Hugging Face tensor name of either layout.
@@ -798,7 +731,8 @@ fn assemble(
             format!("unexpected tensor `{extra}` for {} layers", config.num_layers),
         ));
     }
-    Ok(BaseModel { config, source, device: device.clone(), embed, blocks, final_norm_w, final_norm_b, lm_head })
+    let fused = device.is_cpu();
+    Ok(BaseModel { config, source, device: device.clone(), embed, blocks, final_norm_w, final_norm_b, lm_head, fused })
 }
 
 #[cfg(test)]
@@ -853,7 +787,7 @@ mod tests {
     fn the_gelu_op_equals_candles_gelu_with_its_gradient() {
         let x = Var::from_tensor(&(Tensor::randn(0f32, 2.0, (3, 50_000), &Device::Cpu).unwrap())).unwrap();
         let weights = Tensor::randn(0f32, 1.0, (3, 50_000), &Device::Cpu).unwrap();
-        let ours = (gelu_new(x.as_tensor()).unwrap() * &weights).unwrap().sum_all().unwrap();
+        let ours = (gelu_new(x.as_tensor(), true).unwrap() * &weights).unwrap().sum_all().unwrap();
         let candle = (x.as_tensor().gelu().unwrap() * &weights).unwrap().sum_all().unwrap();
         let close = |a: &Tensor, b: &Tensor, tolerance: f32| {
             let (a, b) = (
@@ -896,6 +830,51 @@ mod tests {
             assert!(scale > 0.0);
             for (x, y) in f.iter().zip(&g) {
                 assert!((x - y).abs() <= 1e-5 * scale, "{f:?} vs {g:?}");
+            }
+        }
+    }
+
+    /// Every fused CPU op against candle's graph ops through a whole forward and backward pass: a model with
+    /// grouped-query attention and partial rotary, LoRA on every target, padded sequences.
+    #[test]
+    fn the_fused_forward_pass_equals_the_graph_one_with_its_gradients() {
+        let device = Device::Cpu;
+        let mut model = random_model(&device);
+        let sequences = [
+            crate::finetune::Sequence { ids: vec![1, 5, 7, 9, 2, 39, 11], targets: vec![true; 7] },
+            crate::finetune::Sequence { ids: vec![3, 4, 0], targets: vec![false, true, true] },
+        ];
+        let batch = crate::finetune::data::make_batch(&sequences.iter().collect::<Vec<_>>(), &device).unwrap();
+        let mut vars = Vec::new();
+        let mut modules = BTreeMap::new();
+        for layer in 0..2 {
+            for target in LoraTarget::ALL {
+                let (input, output) = target.dims(&model.config);
+                let a = Var::from_tensor(&Tensor::randn(0f32, 0.3, (2, input), &device).unwrap()).unwrap();
+                let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, (output, 2), &device).unwrap()).unwrap();
+                modules.insert((layer, target), (a.as_tensor().clone(), b.as_tensor().clone()));
+                vars.extend([a, b]);
+            }
+        }
+        let lora = LoraTensors { scaling: 1.5, modules };
+        let mut run = |fused: bool| {
+            model.fused = fused;
+            let loss = model.loss_sum(&batch, &lora).unwrap();
+            let grads = loss.backward().unwrap();
+            let grads: Vec<Vec<f32>> = vars
+                .iter()
+                .map(|v| grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                .collect();
+            (loss.to_scalar::<f32>().unwrap(), grads)
+        };
+        let (fused_loss, fused_grads) = run(true);
+        let (graph_loss, graph_grads) = run(false);
+        assert!((fused_loss - graph_loss).abs() <= 1e-5 * graph_loss.abs(), "{fused_loss} vs {graph_loss}");
+        for (f, g) in fused_grads.iter().zip(&graph_grads) {
+            let scale = g.iter().fold(0f32, |m, x| m.max(x.abs()));
+            assert!(scale > 0.0);
+            for (x, y) in f.iter().zip(g) {
+                assert!((x - y).abs() <= 1e-4 * scale, "{f:?} vs {g:?}");
             }
         }
     }
