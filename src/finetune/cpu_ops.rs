@@ -94,10 +94,6 @@ fn cpu_f32<'s>(storage: &'s Storage, layout: &Layout) -> Result<&'s [f32]> {
     contiguous_f32(cpu, layout)
 }
 
-fn dims2(layout: &Layout) -> Result<(usize, usize)> {
-    layout.shape().dims2()
-}
-
 /// Runs `f(first_row_index, rows)` over `out`'s rows of `width` values (the last one may be shorter), split across
 /// rayon's threads — the pool the matmuls run on, so the two never compete for cores.
 fn parallel_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
@@ -183,7 +179,7 @@ impl CustomOp1 for Linear {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (m, k) = dims2(layout)?;
+        let (m, k) = layout.shape().dims2()?;
         let y = self.base_forward(contiguous_f32(storage, layout)?, m, k)?;
         let n = self.b.elem_count();
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
@@ -212,9 +208,9 @@ impl CustomOp3 for Linear {
         b_storage: &CpuStorage,
         b_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (m, k) = dims2(x_layout)?;
-        let (r, _) = dims2(a_layout)?;
-        let (n, _) = dims2(b_layout)?;
+        let (m, k) = x_layout.shape().dims2()?;
+        let (r, _) = a_layout.shape().dims2()?;
+        let (n, _) = b_layout.shape().dims2()?;
         let x = contiguous_f32(x_storage, x_layout)?;
         let mut y = self.base_forward(x, m, k)?;
         let a = MatRef::new(contiguous_f32(a_storage, a_layout)?, r, k)?;
@@ -355,8 +351,8 @@ pub(crate) struct SplitHeadsRope {
     pub(crate) batch: usize,
     pub(crate) heads: usize,
     /// `[seq, rope_dims]`, the half repeated (transformers' tables).
-    pub(crate) cos: Vec<f32>,
-    pub(crate) sin: Vec<f32>,
+    pub(crate) cos: std::sync::Arc<[f32]>,
+    pub(crate) sin: std::sync::Arc<[f32]>,
     pub(crate) rope_dims: usize,
 }
 
@@ -417,7 +413,7 @@ impl CustomOp1 for SplitHeadsRope {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(storage, layout)?;
-        let (_, width) = dims2(layout)?;
+        let (_, width) = layout.shape().dims2()?;
         let (seq, head_dim) = self.dims(x.len(), width)?;
         let (dims, half) = (self.rope_dims, self.rope_dims / 2);
         let out = self.permute(x, seq, head_dim, true, |t, src, dst| {
@@ -647,7 +643,7 @@ impl CustomOp1 for LmHeadCrossEntropy {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, k) = dims2(layout)?;
+        let (n, k) = layout.shape().dims2()?;
         let vocab = self.head.b.elem_count();
         if self.targets.len() != n || self.targets.iter().any(|&t| t as usize >= vocab) {
             bail!("lm head: {n} rows, {} targets, vocabulary {vocab}", self.targets.len());

@@ -52,22 +52,11 @@ pub fn write_adapter_gguf(path: &Path, adapter: &LoraAdapter, name: &str) -> Res
     header.set_metadata("general.quantization_version", MetadataValue::U32(2));
     let mut data: Vec<&[f32]> = Vec::new();
     for (&(layer, target), pair) in &adapter.modules {
-        header
-            .push_tensor(
-                gguf_tensor_name(layer, target, 'a'),
-                vec![pair.a.cols as u64, pair.a.rows as u64],
-                GgmlType::F32,
-            )
-            .map_err(fail)?;
-        header
-            .push_tensor(
-                gguf_tensor_name(layer, target, 'b'),
-                vec![pair.b.cols as u64, pair.b.rows as u64],
-                GgmlType::F32,
-            )
-            .map_err(fail)?;
-        data.push(&pair.a.data);
-        data.push(&pair.b.data);
+        for (which, matrix) in [('a', &pair.a), ('b', &pair.b)] {
+            let dims = vec![matrix.cols as u64, matrix.rows as u64];
+            header.push_tensor(gguf_tensor_name(layer, target, which), dims, GgmlType::F32).map_err(fail)?;
+            data.push(&matrix.data);
+        }
     }
     let mut bytes = Vec::new();
     header.write_to(&mut bytes).map_err(fail)?;

@@ -192,9 +192,8 @@ impl BaseModel {
         let c = &self.config;
         let (batch, seq) = ids.dims2()?;
         let (heads, kv_heads) = (c.num_heads, c.num_kv_heads);
-        let rope = RopeTables::new(c, seq);
         let fused = self.fused;
-        let attention = Attention::new(&self.device, batch, seq, c.head_dim(), c.rope_dims, rope, fused)?;
+        let attention = Attention::new(c, &self.device, batch, seq, fused)?;
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?;
         for (layer, block) in self.blocks.iter().enumerate() {
             let linear = |input: &Tensor, target: LoraTarget| -> Result<Tensor> {
@@ -326,10 +325,11 @@ fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, fused: bool) -> Resu
 }
 
 /// cos and sin `[seq, rope_dims]`, computed in float32 as transformers does (inverse frequencies
-/// `1/theta^(2i/d)`, angles `position · inv_freq`, the half repeated).
+/// `1/theta^(2i/d)`, angles `position · inv_freq`, the half repeated); shared, as every rotary op of a pass holds
+/// them.
 struct RopeTables {
-    cos: Vec<f32>,
-    sin: Vec<f32>,
+    cos: Arc<[f32]>,
+    sin: Arc<[f32]>,
 }
 
 impl RopeTables {
@@ -349,7 +349,7 @@ impl RopeTables {
                 }
             }
         }
-        RopeTables { cos, sin }
+        RopeTables { cos: cos.into(), sin: sin.into() }
     }
 }
 
@@ -372,15 +372,9 @@ struct GraphAttention {
 }
 
 impl Attention {
-    fn new(
-        device: &Device,
-        batch: usize,
-        seq: usize,
-        head_dim: usize,
-        rope_dims: usize,
-        rope: RopeTables,
-        fused: bool,
-    ) -> Result<Attention> {
+    fn new(config: &PhiConfig, device: &Device, batch: usize, seq: usize, fused: bool) -> Result<Attention> {
+        let (head_dim, rope_dims) = (config.head_dim(), config.rope_dims);
+        let rope = RopeTables::new(config, seq);
         let graph = if fused {
             None
         } else {
