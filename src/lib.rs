@@ -9,6 +9,7 @@ pub mod finetune;
 pub mod logging;
 pub mod lsp_backend;
 pub mod sandbox;
+pub mod session;
 pub mod tui;
 
 /// The phi-1 tokenizer, bundled so that checkpoints shipped without one still convert.

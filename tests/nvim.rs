@@ -42,6 +42,7 @@ fn neovim_receives_completions_from_phi_tui_lsp() {
         .env("LOG", dir.path().join("lsp.log"))
         .env("PHI_TUI_DATA_DIR", dir.path())
         .env("PHI_TUI_CONFIG_DIR", dir.path())
+        .env("PHI_TUI_RUNTIME_DIR", dir.path().join("run"))
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(120);

@@ -31,7 +31,7 @@ fn code_mode_sends_the_code_and_streams_the_continuation() {
     let spec = generate_spec(&effects);
     assert_eq!(spec.mode, PromptMode::Code);
     assert_eq!(spec.prompt, "def add(a, b):\n    \"\"\"Add.\"\"\"");
-    assert!(spec.request().stop_predicate.is_some());
+    assert!(spec.request().stop_rule.is_some());
     assert!(app.generating && app.input.is_empty());
     assert_eq!(app.session.messages.len(), 2);
     assert_eq!(app.session.messages[1].status, MessageStatus::Streaming);
@@ -70,7 +70,7 @@ fn chat_mode_uses_a_question_answer_prompt_with_earlier_exchanges() {
         "Question: What is a list?\nAnswer: An ordered collection.\n\nQuestion: And a tuple?\nAnswer:"
     );
     assert!(spec.stop_strings.iter().any(|s| s == "Question:"));
-    assert!(spec.request().stop_predicate.is_none());
+    assert!(spec.request().stop_rule.is_none());
 }
 
 #[test]

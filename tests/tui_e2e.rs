@@ -144,11 +144,20 @@ fn dirs(config: &str) -> Dirs {
 
 fn command(dirs: &Dirs, args: &str) -> String {
     format!(
-        "env PHI_TUI_DATA_DIR={} PHI_TUI_CONFIG_DIR={} {} {args}",
+        "env PHI_TUI_DATA_DIR={} PHI_TUI_CONFIG_DIR={} PHI_TUI_RUNTIME_DIR={} {} {args}",
         dirs.data.display(),
         dirs.config.display(),
+        // A session daemon of the test's own, which exits when the directory goes away with the test.
+        dirs.data.join("run").display(),
         env!("CARGO_BIN_EXE_phi-tui")
     )
+}
+
+/// The TUI in chat mode on the tiny model, once the model has loaded.
+fn chat_tui(dirs: &Dirs) -> Tmux {
+    let tmux = Tmux::start(&command(dirs, &format!("-m {} {CHAT_ARGS}", tiny_model().display())));
+    tmux.wait_for("the model to load", |s| s.contains("ctx 0/8192"));
+    tmux
 }
 
 fn tiny_model() -> PathBuf {
@@ -240,9 +249,7 @@ fn a_session_file_survives_sigkill_mid_reply() {
     let _serial = serial();
     // Long replies, so that a periodic save (every second) lands in the middle of one.
     let dirs = dirs(CHAT_CONFIG);
-    let model = tiny_model();
-    let tmux = Tmux::start(&command(&dirs, &format!("-m {} {CHAT_ARGS}", model.display())));
-    tmux.wait_for("the model to load", |s| s.contains("ctx 0/8192"));
+    let tmux = chat_tui(&dirs);
     tmux.type_text("First question");
     tmux.keys(&["Enter"]);
     tmux.wait_for("the first reply", |s| !s.contains("generating") && s.contains("tok/s"));
@@ -357,4 +364,57 @@ fn config_mistakes_are_reported_before_the_screen_is_taken() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("needs a terminal"));
+}
+
+/// The TUI and an editor share one session: the TUI shows the editor's activity, and an adapter set with F6 in
+/// the TUI is the editor's too (its language server tells the user).
+#[test]
+fn the_tui_shares_its_session_with_an_editor() {
+    use phi_lsp::testing::TestClient;
+    use serde_json::json;
+
+    require_tmux!();
+    let _serial = serial();
+    let dirs = dirs(CHAT_CONFIG);
+    let tmux = chat_tui(&dirs);
+    let model = tiny_model();
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut editor = Command::new(env!("CARGO_BIN_EXE_phi-tui"))
+        .args(["lsp", "-t", "1", "-m"])
+        .arg(&model)
+        .env("PHI_TUI_DATA_DIR", &dirs.data)
+        .env("PHI_TUI_CONFIG_DIR", &dirs.config)
+        .env("PHI_TUI_RUNTIME_DIR", dirs.data.join("run"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (stdin, stdout) = (editor.stdin.take().unwrap(), editor.stdout.take().unwrap());
+    let mut client = runtime.block_on(async {
+        let stdin = tokio::process::ChildStdin::from_std(stdin).unwrap();
+        let stdout = tokio::process::ChildStdout::from_std(stdout).unwrap();
+        let mut client = TestClient::over(stdout, stdin);
+        client.initialize(json!({"debounceMs": 0, "maxTokens": 8})).await;
+        client.open("file:///work/a.py", "def add(a, b):\n    ").await;
+        let id = client.request_inline("file:///work/a.py", 1, 4, true).await;
+        let response = client.response(id).await;
+        assert!(response.get("result").is_some(), "{response}");
+        client
+    });
+    tmux.wait_for("the editor's activity in the status line", |s| s.contains("1 editor · 1 completion"));
+
+    let adapter = fixtures().join("lora/final-adapter.gguf");
+    tmux.keys(&["F6"]);
+    tmux.type_text(&format!("{} 0.5", adapter.display()));
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the adapter", |s| s.contains("LoRA final-adapter.gguf ×0.5"));
+    runtime.block_on(async {
+        let message = client.notification("window/showMessage").await;
+        let text = message["params"]["message"].as_str().unwrap_or_default().to_owned();
+        assert!(text.contains("LoRA adapter") && text.contains("final-adapter.gguf"), "{message}");
+    });
+    let _ = editor.kill();
+    let _ = editor.wait();
+    tmux.quit();
 }

@@ -6,6 +6,7 @@ mod eval;
 mod finetune;
 mod generate;
 mod lsp;
+mod serve;
 mod tui;
 
 use std::path::{Path, PathBuf};
@@ -67,6 +68,10 @@ enum Command {
     Finetune(finetune::FinetuneArgs),
     /// Evaluate a model on HumanEval or MBPP (pass@k)
     Eval(eval::EvalArgs),
+    /// Run the session daemon that the TUI and editors share (they start it by themselves when needed)
+    Serve(serve::ServeArgs),
+    /// Show the session daemon: its model, adapter, memory and clients
+    Status(serve::StatusArgs),
 }
 
 pub fn run() -> anyhow::Result<ExitCode> {
@@ -78,6 +83,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Lsp(args)) => lsp::run(args),
         Some(Command::Finetune(args)) => finetune::run(args),
         Some(Command::Eval(args)) => eval::run(args),
+        Some(Command::Serve(args)) => serve::run(args),
+        Some(Command::Status(args)) => serve::status(args),
         None => tui::run(cli.tui),
     }
 }
@@ -117,6 +124,33 @@ impl RuntimeArgs {
             main_gpu: self.main_gpu,
             ..EngineOptions::default()
         })
+    }
+}
+
+impl RuntimeArgs {
+    /// These options as command-line arguments, for a session daemon that a client starts.
+    fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        let mut push = |flag: &str, value: String| {
+            args.push(flag.into());
+            args.push(value.into());
+        };
+        if let Some(threads) = self.threads {
+            push("--threads", threads.to_string());
+        }
+        if let Some(layers) = self.gpu_layers {
+            push("--ngl", layers.to_string());
+        }
+        push("--flash-attn", self.flash_attention.to_string());
+        push("--main-gpu", self.main_gpu.to_string());
+        if let Some(context) = self.context_size {
+            push("--ctx-size", context.to_string());
+        }
+        if let Some(dir) = &self.backends_dir {
+            args.push("--backends-dir".into());
+            args.push(dir.as_os_str().to_owned());
+        }
+        args
     }
 }
 

@@ -23,6 +23,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 pub use ffi::{llama_cpp_version, quantize_model, QuantizeError};
@@ -34,8 +35,9 @@ pub use worker::set_backends_dir;
 /// A token id of the loaded model's vocabulary.
 pub type TokenId = i32;
 
-/// Errors the engine reports. The engine keeps serving after every one of them.
-#[derive(Debug, Clone, thiserror::Error)]
+/// Errors the engine reports. The engine keeps serving after every one of them. They cross the session daemon's
+/// socket as they are, so a client of the shared session sees the same errors as an in-process one.
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
 pub enum EngineError {
     #[error("no model is loaded")]
     NoModel,
@@ -63,12 +65,16 @@ pub enum EngineError {
     Cancelled,
     #[error("the engine thread has stopped")]
     EngineStopped,
+    /// The shared session's daemon could not be reached, refused this client, or went away mid-request.
+    #[error("{0}")]
+    Daemon(String),
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
 /// Whether llama.cpp uses flash attention.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FlashAttention {
     /// llama.cpp decides: on where the backend supports it (GPU offload, and the CPU in this version).
     #[default]
@@ -106,6 +112,8 @@ pub struct EngineOptions {
     pub context_size: Option<u32>,
     /// Independent sequences (KV caches) in the context, e.g. one per chat plus one for the editor.
     pub sequences: u32,
+    /// How the sequences' keys and values are stored.
+    pub kv_cache: KvCacheLayout,
     /// CPU threads; `None` uses every available core.
     pub threads: Option<u32>,
     /// Most prompt tokens decoded in one step: a cancel or a higher-priority request waits at most this long.
@@ -121,6 +129,7 @@ impl Default for EngineOptions {
         Self {
             context_size: None,
             sequences: 2,
+            kv_cache: KvCacheLayout::PerSequence,
             threads: None,
             batch_size: 512,
             gpu_layers: None,
@@ -130,8 +139,21 @@ impl Default for EngineOptions {
     }
 }
 
+/// How the KV cache is laid out among the sequences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvCacheLayout {
+    /// Each sequence has a cache of `context_size` tokens of its own.
+    #[default]
+    PerSequence,
+    /// All sequences draw from one pool of this many tokens (`None`: one sequence's context). Many sequences (one
+    /// per client of the session daemon) then cost no more memory than one: when the pool is full, the least
+    /// recently used other sequence is evicted, and decodes its prefix again when it next runs. Each sequence
+    /// holds at most `min(context_size, pool)` tokens.
+    Shared(Option<u32>),
+}
+
 /// What is known about the loaded model.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
     pub path: PathBuf,
     pub name: String,
@@ -161,7 +183,7 @@ pub struct ModelInfo {
 }
 
 /// The active LoRA adapter.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdapterInfo {
     pub path: PathBuf,
     /// The user scale; llama.cpp multiplies it by the adapter's alpha / rank.
@@ -169,7 +191,7 @@ pub struct AdapterInfo {
 }
 
 /// A snapshot of the engine for status lines.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EngineState {
     pub model: Option<ModelInfo>,
     pub adapter: Option<AdapterInfo>,
@@ -180,11 +202,11 @@ pub struct EngineState {
 }
 
 /// One of the context's independent sequences (KV caches).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SequenceId(pub u32);
 
 /// Which request runs when several are waiting. Higher runs first; equals take turns step by step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash, Serialize, Deserialize)]
 pub enum Priority {
     Background,
     #[default]
@@ -194,7 +216,7 @@ pub enum Priority {
 }
 
 /// What to feed the model.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Prompt {
     Text(String),
     Tokens(Vec<TokenId>),
@@ -249,7 +271,7 @@ impl fmt::Debug for GenerateRequest {
 }
 
 /// Why a generation ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StopReason {
     MaxTokens,
     EndOfGeneration,
@@ -261,7 +283,7 @@ pub enum StopReason {
 }
 
 /// Wall-clock timings of one generation.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
     /// From submission until the first step ran.
     pub queue_ms: f64,
@@ -293,7 +315,7 @@ fn per_second(tokens: usize, ms: f64) -> f64 {
 }
 
 /// The result of a generation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerationSummary {
     pub prompt_tokens: Vec<TokenId>,
     /// Prompt tokens found in the sequence's cache and not decoded again.
@@ -306,7 +328,7 @@ pub struct GenerationSummary {
 }
 
 /// What a running generation reports.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum GenerationEvent {
     /// Newly generated tokens and the text they complete (possibly empty while a character or a possible stop
     /// string is incomplete).
@@ -319,17 +341,27 @@ pub enum GenerationEvent {
 
 /// An identifier for a submitted generation, used to cancel it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RequestId(u64);
+pub struct RequestId(pub u64);
+
+/// Stops a generation by id; how depends on where the generation runs (the engine thread, or a daemon across a
+/// socket).
+pub type Canceller = Arc<dyn Fn(RequestId) + Send + Sync>;
 
 /// A generation in progress: a stream of [`GenerationEvent`]s. Dropping it cancels the generation.
 pub struct Generation {
     id: RequestId,
     events: mpsc::UnboundedReceiver<Result<GenerationEvent>>,
-    engine: Engine,
+    cancel: Canceller,
     finished: bool,
 }
 
 impl Generation {
+    /// A generation whose events arrive on `events` and which `cancel` stops: the engine's own, or one that a
+    /// session client relays from elsewhere.
+    pub fn new(id: RequestId, events: mpsc::UnboundedReceiver<Result<GenerationEvent>>, cancel: Canceller) -> Self {
+        Self { id, events, cancel, finished: false }
+    }
+
     pub fn id(&self) -> RequestId {
         self.id
     }
@@ -356,14 +388,14 @@ impl Generation {
 
     /// Asks the engine to stop this generation; it ends with [`StopReason::Cancelled`] within one step.
     pub fn cancel(&self) {
-        self.engine.cancel(self.id);
+        (self.cancel)(self.id);
     }
 }
 
 impl Drop for Generation {
     fn drop(&mut self) {
         if !self.finished {
-            self.engine.cancel(self.id);
+            (self.cancel)(self.id);
         }
     }
 }
@@ -427,7 +459,8 @@ impl Engine {
             // The engine thread is gone: the stream's first item says so. (The receiver is ours: this send works.)
             let _ = events.send(Err(EngineError::EngineStopped));
         }
-        Generation { id, events: receiver, engine: self.clone(), finished: false }
+        let engine = self.clone();
+        Generation::new(id, receiver, Arc::new(move |id| engine.cancel(id)))
     }
 
     /// Cancels a generation by id; unknown or finished ids are ignored.

@@ -130,6 +130,8 @@ pub enum Action {
     ModelProgress(f32),
     ModelLoaded(Result<Box<ModelInfo>, String>),
     AdapterChanged(Result<Option<AdapterInfo>, String>),
+    /// What the editors sharing the session are doing (e.g. `2 editors · 143 completions · p50 18 ms`).
+    Activity(Option<String>),
     Delta {
         tokens: usize,
         text: String,
@@ -213,6 +215,8 @@ pub struct App {
     pub model: ModelState,
     pub adapter: Option<AdapterInfo>,
     pub adapter_loading: bool,
+    /// The editors' activity in the shared session, for the status line.
+    pub activity: Option<String>,
     /// The last message is a reply being generated.
     pub generating: bool,
     /// Tokens streamed so far in the current reply.
@@ -257,6 +261,7 @@ impl App {
             model,
             adapter: None,
             adapter_loading: false,
+            activity: None,
             generating: false,
             streamed_tokens: 0,
             context_used: None,
@@ -401,6 +406,10 @@ impl App {
                 vec![]
             }
             Action::ModelLoaded(result) => self.model_loaded(result),
+            Action::Activity(activity) => {
+                self.activity = activity;
+                vec![]
+            }
             Action::AdapterChanged(result) => {
                 self.adapter_loading = false;
                 match result {

@@ -477,6 +477,9 @@ fn render_status(app: &App, frame: &mut Frame, area: Rect) {
     } else if let Some(adapter) = &app.adapter {
         left.push(format!("LoRA {} ×{}", file_name(&adapter.path), adapter.scale));
     }
+    if let Some(activity) = &app.activity {
+        left.push(activity.clone());
+    }
     if !app.mouse_captured {
         left.push("mouse off".to_owned());
     }
