@@ -255,3 +255,64 @@ pub fn version_mismatch(daemon_protocol: u32, daemon_version: &str) -> String {
         env!("CARGO_PKG_VERSION")
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(kind: ClientKind, generations: u64, p50_ms: Option<f64>) -> ClientStatus {
+        ClientStatus {
+            id: 1,
+            kind,
+            pid: 1,
+            sequence: 0,
+            connected_s: 1.0,
+            requests: generations,
+            generations,
+            p50_ms,
+            p95_ms: p50_ms,
+        }
+    }
+
+    fn status(clients: Vec<ClientStatus>) -> DaemonStatus {
+        DaemonStatus {
+            pid: 1,
+            version: String::new(),
+            socket: PathBuf::new(),
+            uptime_s: 0.0,
+            engine: EngineState::default(),
+            model_loads: 0,
+            generations: 0,
+            cancelled: 0,
+            tokens_generated: 0,
+            prompt_tokens_decoded: 0,
+            memory_pss_bytes: None,
+            clients,
+            refused: 0,
+        }
+    }
+
+    #[test]
+    fn the_activity_line_counts_editors_only() {
+        assert_eq!(status(vec![client(ClientKind::Tui, 5, Some(3.0))]).editor_activity(), None);
+        let one = status(vec![client(ClientKind::Tui, 5, None), client(ClientKind::Editor, 1, Some(17.6))]);
+        assert_eq!(one.editor_activity().as_deref(), Some("1 editor · 1 completion · p50 18 ms"));
+        let two = status(vec![client(ClientKind::Editor, 100, Some(10.0)), client(ClientKind::Editor, 43, None)]);
+        assert_eq!(two.editor_activity().as_deref(), Some("2 editors · 143 completions · p50 10 ms"));
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_and_oversized_ones_are_refused() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let message = ClientMessage::Cancel { id: 7 };
+        write_frame(&mut a, &message).await.unwrap_or_else(|e| panic!("{e}"));
+        let read: ClientMessage = read_frame(&mut b).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read, message);
+        tokio::io::AsyncWriteExt::write_all(&mut a, &(MAX_FRAME_BYTES as u32 + 1).to_le_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(read_frame::<ClientMessage, _>(&mut b).await, Err(FrameError::TooLarge(_))));
+        drop(a);
+        assert!(matches!(read_frame::<ClientMessage, _>(&mut b).await, Err(FrameError::Closed)));
+    }
+}
