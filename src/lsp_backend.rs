@@ -27,6 +27,11 @@ impl CompletionBackend for EngineBackend {
     fn load_model(&self, path: PathBuf) -> BoxFuture<'static, Result<ModelSummary, BackendError>> {
         let engine = self.engine.clone();
         async move {
+            // An installed model's name (`phi-tui models`) as well as a path.
+            let path = match crate::models::resolve(Some(&path), &crate::config::Config::default()) {
+                Ok(resolved) => resolved.unwrap_or(path),
+                Err(e) => return Err(BackendError::Load { path, reason: e.to_string() }),
+            };
             match engine.load_model(&path, None).await {
                 Ok(info) => Ok(summary(&engine, info).await),
                 Err(e) => Err(BackendError::Load { path, reason: e.to_string() }),

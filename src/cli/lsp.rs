@@ -38,7 +38,7 @@ pub fn run(args: LspArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!(%error, "ignoring the config file");
         Config::default()
     });
-    let settings = Settings { model: config.model, ..Settings::default() };
+    let settings = Settings { model: phi_tui::models::default_model(&config), ..Settings::default() };
     let engine = Engine::start(args.runtime.engine_options(1)?)?;
     let options = ServerOptions { model: args.model, settings };
     tracing::info!(log = %log_file.display(), "phi-tui lsp starting");
