@@ -339,3 +339,32 @@ fn files_in_the_hugging_face_cache_are_reused_without_fetching_their_bytes() {
     assert_eq!(models[0]["source"]["commit"], repo.commit.as_str());
     succeeded(&generate_json(&offline, &hub.endpoint, Some("phi-1")));
 }
+
+#[test]
+fn a_local_checkpoint_installs_under_its_directory_name() {
+    // What the TUI's load prompt does with a checkpoint directory: convert it into the data directory and record it.
+    let data = tempfile::tempdir().unwrap();
+    let checkpoint = fixtures().join("tiny-phi");
+    let name = phi_tui::models::name_for_checkpoint(&checkpoint);
+    assert_eq!(name, "tiny-phi");
+    let source = phi_tui::models::ModelSource::Local { dir: checkpoint.clone() };
+    let mut stages = Vec::new();
+    let pulled = phi_tui::models::install(
+        data.path(),
+        &checkpoint,
+        &name,
+        phi_converters::OutType::Q8_0,
+        source,
+        None,
+        &mut |event| stages.push(event),
+    )
+    .unwrap();
+    assert!(stages.iter().any(|e| matches!(e, phi_tui::models::PullEvent::Converting { .. })));
+    assert_eq!(pulled.model.path, data.path().join("models/tiny-phi.q8_0.gguf"));
+    assert!(pulled.model.path.is_file());
+    assert_eq!(pulled.model.source.to_string(), format!("local:{}", checkpoint.display()));
+    let config = phi_tui::config::Config::default();
+    let resolved = phi_tui::models::resolve_in(data.path(), Some(Path::new("tiny-phi")), &config).unwrap();
+    assert_eq!(resolved, Some(pulled.model.path.clone()));
+    assert_eq!(phi_tui::models::resolve_in(data.path(), None, &config).unwrap(), Some(pulled.model.path));
+}
