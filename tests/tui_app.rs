@@ -442,6 +442,10 @@ fn first_run_pulls_the_first_model_with_progress_and_loads_it() {
     app.update(Action::InstallProgress(progress.clone()));
     assert_eq!(app.model, ModelState::Installing { what: "phi-1".into(), event: Some(progress) });
     assert!(app.animating());
+    // One install at a time.
+    app.update(key(KeyCode::F(5)));
+    assert!(app.update(key(KeyCode::Enter)).is_empty());
+    assert!(app.notice.as_ref().unwrap().text.contains("being installed"));
     // Sending waits for the model; Esc stops the download.
     type_text(&mut app, "def f():");
     assert!(app.update(key(KeyCode::Enter)).is_empty());

@@ -1152,6 +1152,13 @@ impl App {
                 if text.is_empty() {
                     return vec![];
                 }
+                if matches!(self.model, ModelState::Installing { .. }) {
+                    self.notify(format!(
+                        "a model is being installed: {} stops it first",
+                        self.options.keymap.first(Command::Cancel)
+                    ));
+                    return vec![];
+                }
                 let mut effects = Vec::new();
                 if self.generating {
                     effects.extend(self.cancel());
