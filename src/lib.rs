@@ -3,11 +3,15 @@
 //! The library holds everything the `phi-tui` binary wires together; see ARCHITECTURE.md for the map.
 
 pub mod config;
+pub mod convert;
 pub mod engine;
 pub mod eval;
+pub mod files;
 pub mod finetune;
+pub mod hub;
 pub mod logging;
 pub mod lsp_backend;
+pub mod models;
 pub mod sandbox;
 pub mod session;
 pub mod tui;

@@ -37,6 +37,11 @@ impl CompletionBackend for SessionBackend {
     fn load_model(&self, path: PathBuf) -> BoxFuture<'static, Result<ModelSummary, BackendError>> {
         let this = self.clone();
         async move {
+            // An installed model's name (`phi-tui models`) as well as a path.
+            let path = match crate::models::resolve(Some(&path), &crate::config::Config::default()) {
+                Ok(resolved) => resolved.unwrap_or(path),
+                Err(e) => return Err(BackendError::Load { path, reason: e.to_string() }),
+            };
             // The session announces a model it loads for this very call; that is no news to this backend's user.
             *this.known_model.lock().unwrap_or_else(|e| e.into_inner()) = Some(path.clone());
             match this.session.attach_model(path.clone()).await {

@@ -427,3 +427,37 @@ fn run_and_verify_uses_the_sandbox_and_doctests() {
     let record = run_block(0, "import subprocess\nsubprocess.run(['true'])\n");
     assert!(!record.passed, "{record:?}");
 }
+
+#[test]
+fn first_run_pulls_the_first_model_with_progress_and_loads_it() {
+    use phi_tui::hub::FetchEvent;
+    use phi_tui::models::PullEvent;
+    let mut app = App::new(options(), Session::new(String::new(), PromptMode::Code), ModelState::None);
+    // F5 offers phi-1; Enter asks for it (the event loop finds it is not installed and pulls it).
+    app.update(key(KeyCode::F(5)));
+    assert_eq!(app.prompt.as_ref().unwrap().input.text(), "phi-1");
+    assert_eq!(app.update(key(KeyCode::Enter)), vec![Effect::LoadModel(PathBuf::from("phi-1"))]);
+    app.update(Action::InstallStarted("phi-1".into()));
+    let progress = PullEvent::Download(FetchEvent::Progress { file: "model.safetensors".into(), done: 5, total: 10 });
+    app.update(Action::InstallProgress(progress.clone()));
+    assert_eq!(app.model, ModelState::Installing { what: "phi-1".into(), event: Some(progress) });
+    assert!(app.animating());
+    // One install at a time.
+    app.update(key(KeyCode::F(5)));
+    assert!(app.update(key(KeyCode::Enter)).is_empty());
+    assert!(app.notice.as_ref().unwrap().text.contains("being installed"));
+    // Sending waits for the model; Esc stops the download.
+    type_text(&mut app, "def f():");
+    assert!(app.update(key(KeyCode::Enter)).is_empty());
+    app.input.take();
+    assert_eq!(app.update(key(KeyCode::Esc)), vec![Effect::CancelInstall]);
+    // A failed install explains itself; a finished one loads the installed file.
+    app.update(Action::Installed(Err("the download was stopped; the next pull resumes it".into())));
+    assert!(matches!(&app.model, ModelState::Failed { path, .. } if path == &PathBuf::from("phi-1")));
+    app.update(Action::InstallStarted("phi-1".into()));
+    let gguf = PathBuf::from("/data/models/phi-1.q8_0.gguf");
+    let effects = app.update(Action::Installed(Ok((gguf.clone(), "installed phi-1 (q8_0, 1.5 GB)".into()))));
+    assert_eq!(effects, vec![Effect::LoadModel(gguf.clone())]);
+    assert!(matches!(&app.model, ModelState::Loading { path, .. } if path == &gguf));
+    assert_eq!(app.notice.as_ref().unwrap().text, "installed phi-1 (q8_0, 1.5 GB)");
+}

@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "common/fake_hub.rs"]
+mod fake_hub;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -416,5 +418,45 @@ fn the_tui_shares_its_session_with_an_editor() {
     });
     let _ = editor.kill();
     let _ = editor.wait();
+    tmux.quit();
+}
+
+#[test]
+fn first_run_pulls_phi_1_from_the_hub_then_answers_and_starts_with_it_next_time() {
+    require_tmux!();
+    let _serial = serial();
+    // A stand-in for the Hugging Face hub on 127.0.0.1, serving the tiny checkpoint as microsoft/phi-1.
+    let hub = fake_hub::FakeHub::start();
+    hub.add_repo("microsoft/phi-1", fake_hub::HubRepo::from_dir(&fixtures().join("tiny-phi")));
+    let dirs = dirs("mode = \"code\"\nmax_tokens = 16\n");
+    let hf_home = dirs.config.with_file_name("hf");
+    let run = |args: &str| {
+        format!(
+            "env -u HF_TOKEN -u HF_HUB_OFFLINE -u HF_HUB_CACHE HF_ENDPOINT={} HF_HOME={} {}",
+            hub.endpoint,
+            hf_home.display(),
+            command(&dirs, args)
+        )
+    };
+    let tmux = Tmux::start(&run("-t 1 -c 2048"));
+    let screen = tmux.wait_for("the first-run screen", |s| s.contains("No model loaded"));
+    assert!(screen.contains("F5 then Enter downloads phi-1 from Hugging Face (2.8 GB)"), "{screen}");
+    // F5 offers phi-1; Enter pulls, converts and loads it, with progress on the way.
+    tmux.keys(&["F5"]);
+    tmux.wait_for("the load prompt", |s| s.contains("Load a model") && s.contains("│phi-1"));
+    tmux.keys(&["Enter"]);
+    let screen = tmux.wait_for("the model to load", |s| s.contains("ctx 0/2048") && s.contains("code mode"));
+    assert!(hub.served("model.safetensors") > 0, "{screen}");
+    let registry = std::fs::read_to_string(dirs.data.join("models/models.json")).unwrap();
+    assert!(registry.contains("\"name\": \"phi-1\"") && registry.contains("microsoft/phi-1"), "{registry}");
+    tmux.type_text("def add(a, b):");
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the reply", |s| !s.contains("generating") && s.contains("tok/s"));
+    tmux.quit();
+    drop(tmux);
+
+    // The next start, with no -m and nothing in the config file, opens the installed model.
+    let tmux = Tmux::start(&run("-t 1 -c 2048"));
+    tmux.wait_for("the installed model to load", |s| s.contains("ctx 0/2048") && s.contains("code mode"));
     tmux.quit();
 }

@@ -13,9 +13,10 @@ use super::RuntimeArgs;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// The GGUF model
+    /// The model: an installed name (`phi-tui models`) or a GGUF file [default: `model` in the config file, else
+    /// the only installed model]
     #[arg(long, short = 'm')]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// The prompt text
     #[arg(long, short = 'p', conflicts_with = "prompt_file", required_unless_present = "prompt_file")]
     prompt: Option<String>,
@@ -85,9 +86,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         }
         (None, None) => anyhow::bail!("give a prompt with -p or --prompt-file"),
     };
+    let model = super::model_path(args.model.as_deref())?;
     let engine = Engine::start(args.runtime.engine_options(1)?)?;
     super::runtime()?.block_on(async {
-        let info = engine.load_model(&args.model, None).await?;
+        let info = engine.load_model(&model, None).await?;
         if let Some(lora) = &args.lora {
             engine.set_adapter(lora, args.lora_scale).await?;
         }

@@ -41,7 +41,7 @@ pub fn run(args: LspArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!(%error, "ignoring the config file");
         Config::default()
     });
-    let settings = Settings { model: config.model, ..Settings::default() };
+    let settings = Settings { model: phi_tui::models::default_model(&config), ..Settings::default() };
     let session = super::serve::session_for(ClientKind::Editor, &args.runtime, args.standalone)?;
     let options = ServerOptions { model: args.model, settings };
     tracing::info!(log = %log_file.display(), "phi-tui lsp starting");

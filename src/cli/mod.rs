@@ -6,6 +6,7 @@ mod eval;
 mod finetune;
 mod generate;
 mod lsp;
+mod pull;
 mod serve;
 mod tui;
 
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use phi_tui::config::Config;
 use phi_tui::engine::{EngineOptions, FlashAttention};
 
 #[derive(Parser)]
@@ -39,6 +41,7 @@ and keeps conversations and its log (phi-tui.log) in the data directory (~/.loca
 
 config.toml (every setting optional):
   model = \"/path/to/phi-1.f16.gguf\"   # used without -m
+                                        # or an installed model: model = \"phi-1\" (phi-tui models)
   lora = \"/path/to/adapter.gguf\"       # optional; lora_scale = 1.0
   mode = \"code\"                        # or \"chat\" (default: code for models without a chat template)
   max_tokens = 256
@@ -72,6 +75,12 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Show the session daemon: its model, adapter, memory and clients
     Status(serve::StatusArgs),
+    /// Download a model from Hugging Face, convert it and install it (phi-1, phi-1_5, phi-2, owner/name)
+    Pull(pull::PullArgs),
+    /// List the installed models
+    Models(pull::ModelsArgs),
+    /// Remove an installed model
+    Rm(pull::RmArgs),
 }
 
 pub fn run() -> anyhow::Result<ExitCode> {
@@ -85,6 +94,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Serve(args)) => serve::run(args),
         Some(Command::Status(args)) => serve::status(args),
+        Some(Command::Pull(args)) => pull::run_pull(args),
+        Some(Command::Models(args)) => pull::run_models(args),
+        Some(Command::Rm(args)) => pull::run_rm(args),
         None => tui::run(cli.tui),
     }
 }
@@ -167,6 +179,31 @@ fn use_backends_dir(dir: Option<&Path>) -> anyhow::Result<()> {
 
 fn parse_flash_attention(s: &str) -> Result<FlashAttention, String> {
     s.parse()
+}
+
+/// The model a subcommand runs (`-m`: an installed name or a path; else the config file's; else the only installed
+/// one), or first-run guidance when there is none.
+fn model_path(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let config = if given.is_some() { Config::load().unwrap_or_default() } else { Config::load()? };
+    phi_tui::models::resolve(given, &config)?.ok_or_else(|| anyhow::anyhow!("{}", no_model_guidance()))
+}
+
+/// [`model_path`] for training: an installed model gives the checkpoint it was converted from.
+fn checkpoint_path(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let config = if given.is_some() { Config::load().unwrap_or_default() } else { Config::load()? };
+    phi_tui::models::resolve_checkpoint(given, &config)?.ok_or_else(|| anyhow::anyhow!("{}", no_model_guidance()))
+}
+
+/// What to say when there is no model at all.
+fn no_model_guidance() -> String {
+    let first = phi_tui::models::FIRST_MODEL;
+    format!(
+        "no model yet: `phi-tui pull {}` downloads {} ({}) from Hugging Face and installs it; or pass -m MODEL.gguf \
+         (`phi-tui convert DIR` makes one from a checkpoint you have)",
+        first.name,
+        first.repo,
+        phi_tui::models::human_size(first.download_bytes)
+    )
 }
 
 /// A small runtime for the subcommands that await the engine.

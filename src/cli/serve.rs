@@ -23,7 +23,8 @@ const DEFAULT_IDLE_TIMEOUT_S: u64 = 600;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// A model to load at start (default: `model` in the config file; else the first client's)
+    /// A model to load at start: a GGUF or an installed model's name (default: `model` in the config file, or the
+    /// one installed model; else the first client's)
     #[arg(long, short = 'm')]
     model: Option<PathBuf>,
     /// Exit after this many seconds without clients; 0 never exits
@@ -55,10 +56,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         // stdout is the starting client's pipe: the only thing written there is the readiness line.
         phi_tui::logging::init_file(&paths.log).with_context(|| format!("opening {}", paths.log.display()))?;
     }
-    let model = match args.model {
-        Some(model) => Some(model),
-        None if args.spawned => None,
-        None => Config::load().ok().and_then(|config| config.model),
+    // A daemon that a client starts loads what that client asks for; one started by hand resolves a model as
+    // every command does (a path or an installed name, the config's, the one installed model).
+    let model = match (args.model, args.spawned) {
+        (None, true) => None,
+        (given, _) => phi_tui::models::resolve(given.as_deref(), &Config::load().unwrap_or_default())?,
     };
     let mut engine = args.runtime.engine_options(args.max_clients)?;
     engine.kv_cache = KvCacheLayout::Shared(args.kv_tokens);

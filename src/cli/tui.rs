@@ -48,7 +48,7 @@ pub fn run(args: TuiArgs) -> anyhow::Result<ExitCode> {
     phi_tui::logging::init_file(&log).with_context(|| format!("opening the log file {}", log.display()))?;
     tracing::info!("phi-tui TUI starting; config {}, data {}", config_path.display(), data_dir.display());
 
-    let model = args.model.clone().or_else(|| config.model.clone());
+    let model = phi_tui::models::resolve(args.model.as_deref(), &config)?;
     let lora_scale = args.lora_scale.unwrap_or(config.lora_scale);
     let lora = args.lora.clone().or_else(|| config.lora.clone()).map(|path| (path, lora_scale));
     let session = super::serve::session_for(ClientKind::Tui, &args.runtime, args.standalone)?;

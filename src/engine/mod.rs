@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use ffi::{llama_cpp_version, quantize_model, QuantizeError};
 pub use sampling::SamplingParams;
 pub use text::StopPredicate;
+pub use worker::gpu_offload_available;
 #[cfg(feature = "dynamic-backends")]
 pub use worker::set_backends_dir;
 

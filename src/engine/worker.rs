@@ -56,6 +56,11 @@ pub(crate) fn backend() -> Result<&'static LlamaBackend> {
         .map_err(|e| EngineError::Context(format!("llama.cpp backend: {e}")))
 }
 
+/// Whether llama.cpp has a GPU to offload layers to (false where its backend cannot start).
+pub fn gpu_offload_available() -> bool {
+    backend().is_ok_and(|backend| backend.supports_gpu_offload())
+}
+
 /// Where to find ggml backend modules (e.g. a CUDA backend built on another machine).
 #[cfg(feature = "dynamic-backends")]
 static BACKENDS_DIR: OnceLock<PathBuf> = OnceLock::new();

@@ -11,6 +11,7 @@ use super::prompt::{build_prompt, GenerationSpec};
 use super::session::{Message, MessageStatus, ReplyStats, Role, RunRecord, Session, SessionSummary};
 use crate::config::PromptMode;
 use crate::engine::{AdapterInfo, GenerationSummary, ModelInfo, StopReason};
+use crate::models::{self, PullEvent};
 
 /// Ticks (of [`TICK`]) between two saves of a reply that is still streaming.
 pub const SAVE_EVERY_TICKS: u32 = 4;
@@ -60,6 +61,13 @@ pub enum ModelState {
     Failed {
         path: PathBuf,
         error: String,
+    },
+    /// A model being downloaded and converted (or a local checkpoint converted) before it loads.
+    Installing {
+        /// What was asked for: a model name, `owner/name`, or a checkpoint directory.
+        what: String,
+        /// The latest progress.
+        event: Option<PullEvent>,
     },
 }
 
@@ -129,6 +137,11 @@ pub enum Action {
     View(ViewReport),
     ModelProgress(f32),
     ModelLoaded(Result<Box<ModelInfo>, String>),
+    /// The model asked for must be installed first (pulled, or converted from a checkpoint directory).
+    InstallStarted(String),
+    InstallProgress(PullEvent),
+    /// The install ended: the GGUF to load and what to tell the user, or why it failed.
+    Installed(Result<(PathBuf, String), String>),
     AdapterChanged(Result<Option<AdapterInfo>, String>),
     /// What the editors sharing the session are doing (e.g. `2 editors · 143 completions · p50 18 ms`).
     Activity(Option<String>),
@@ -183,7 +196,11 @@ pub enum Effect {
         block: usize,
         code: String,
     },
+    /// Load a model: a GGUF, an installed model's name, or (installed first) a checkpoint directory or a model to
+    /// pull.
     LoadModel(PathBuf),
+    /// Stop the download of the model being installed.
+    CancelInstall,
     SetAdapter {
         path: PathBuf,
         scale: f32,
@@ -410,6 +427,32 @@ impl App {
                 self.activity = activity;
                 vec![]
             }
+            Action::InstallStarted(what) => {
+                self.model = ModelState::Installing { what, event: None };
+                vec![]
+            }
+            Action::InstallProgress(progress) => {
+                if let ModelState::Installing { event, .. } = &mut self.model {
+                    *event = Some(progress);
+                }
+                vec![]
+            }
+            Action::Installed(result) => match result {
+                Ok((path, notice)) => {
+                    self.notify(notice);
+                    self.model = ModelState::Loading { path: path.clone(), progress: 0.0 };
+                    vec![Effect::LoadModel(path)]
+                }
+                Err(error) => {
+                    let path = match &self.model {
+                        ModelState::Installing { what, .. } => PathBuf::from(what),
+                        _ => PathBuf::new(),
+                    };
+                    self.error(error.clone());
+                    self.model = ModelState::Failed { path, error };
+                    vec![]
+                }
+            },
             Action::AdapterChanged(result) => {
                 self.adapter_loading = false;
                 match result {
@@ -556,7 +599,7 @@ impl App {
         self.generating
             || self.adapter_loading
             || self.running.is_some()
-            || matches!(self.model, ModelState::Loading { .. })
+            || matches!(self.model, ModelState::Loading { .. } | ModelState::Installing { .. })
             || self.notice.is_some()
     }
 
@@ -816,9 +859,16 @@ impl App {
                     ModelState::Loading { path, .. } | ModelState::Failed { path, .. } => {
                         path.to_string_lossy().into_owned()
                     }
-                    ModelState::None => String::new(),
+                    ModelState::Installing { what, .. } => what.clone(),
+                    // The first run offers the first model: Enter pulls it.
+                    ModelState::None => models::FIRST_MODEL.name.to_owned(),
                 };
-                self.open_prompt(PromptPurpose::Model, "Load a model", "path to a GGUF file", &current);
+                let hint = format!(
+                    "GGUF, checkpoint dir or model ({}: {})",
+                    models::FIRST_MODEL.name,
+                    models::human_size(models::FIRST_MODEL.download_bytes)
+                );
+                self.open_prompt(PromptPurpose::Model, "Load a model", &hint, &current);
                 vec![]
             }
             Command::LoadAdapter => {
@@ -886,6 +936,10 @@ impl App {
             ModelState::Ready(info) => Some(info.clone()),
             ModelState::Loading { .. } => {
                 self.notify("the model is still loading");
+                None
+            }
+            ModelState::Installing { .. } => {
+                self.notify("the model is still being installed");
                 None
             }
             _ => {
@@ -963,6 +1017,10 @@ impl App {
     }
 
     fn cancel(&mut self) -> Vec<Effect> {
+        if matches!(self.model, ModelState::Installing { .. }) && self.input.is_empty() {
+            self.notify("stopping the download…");
+            return vec![Effect::CancelInstall];
+        }
         if self.generating {
             self.generating = false;
             let last = self.session.messages.len().saturating_sub(1);
@@ -1101,6 +1159,13 @@ impl App {
         match purpose {
             PromptPurpose::Model => {
                 if text.is_empty() {
+                    return vec![];
+                }
+                if matches!(self.model, ModelState::Installing { .. }) {
+                    self.notify(format!(
+                        "a model is being installed: {} stops it first",
+                        self.options.keymap.first(Command::Cancel)
+                    ));
                     return vec![];
                 }
                 let mut effects = Vec::new();

@@ -20,7 +20,9 @@ pub mod testing;
 
 use std::io::{Stdout, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossterm::event::{
@@ -38,6 +40,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::engine::{EngineError, Generation, GenerationEvent};
+use crate::models::{self, ModelChoice, PullEvent};
 use crate::session::{Notice, SharedSession};
 use app::{Action, App, AppOptions, Effect, ModelState};
 use keys::KeyMap;
@@ -126,12 +129,17 @@ pub async fn run(options: TuiOptions) -> Result<(), TuiError> {
         saver: Saver::start(actions_tx.clone()),
         actions: actions_tx,
         generation: None,
+        data_dir: options.data_dir.clone(),
+        install_cancel: None,
     };
     let result = event_loop.run(&mut app, guard.terminal(), actions_rx).await;
     session_watch.abort();
     // Cancel what is running and let the last save reach the disk before the terminal is given back.
     if let Some(generation) = event_loop.generation.take() {
         generation.cancel();
+    }
+    if let Some(cancel) = &event_loop.install_cancel {
+        cancel.store(true, Ordering::Relaxed);
     }
     event_loop.saver.finish();
     guard.restore();
@@ -144,6 +152,10 @@ struct EventLoop {
     saver: Saver,
     actions: mpsc::UnboundedSender<Action>,
     generation: Option<Generation>,
+    /// Where installed models go.
+    data_dir: PathBuf,
+    /// Stops the install in progress.
+    install_cancel: Option<Arc<AtomicBool>>,
 }
 
 /// What woke the loop up.
@@ -318,7 +330,12 @@ impl EventLoop {
                     let _ = actions.send(Action::RunFinished { session, message, record });
                 });
             }
-            Effect::LoadModel(path) => spawn_model_load(&self.session, path, actions),
+            Effect::LoadModel(path) => self.open_model(&path, actions),
+            Effect::CancelInstall => {
+                if let Some(cancel) = &self.install_cancel {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+            }
             Effect::SetAdapter { path, scale } => {
                 let session = self.session.clone();
                 tokio::spawn(async move {
@@ -336,6 +353,86 @@ impl EventLoop {
             Effect::Quit => {}
         }
     }
+}
+
+impl EventLoop {
+    /// Loads what the user asked for: a GGUF or an installed model right away; a checkpoint directory or a model
+    /// to pull once it is installed (on a thread of its own, reporting progress).
+    fn open_model(&mut self, path: &std::path::Path, actions: mpsc::UnboundedSender<Action>) {
+        let choice = match models::choose(&path.to_string_lossy(), &self.data_dir) {
+            Ok(ModelChoice::File(file)) => return spawn_model_load(&self.session, file, actions),
+            Ok(choice) => choice,
+            Err(e) => {
+                let _ = actions.send(Action::ModelLoaded(Err(e.to_string())));
+                return;
+            }
+        };
+        let what = match &choice {
+            ModelChoice::Pull(name) => name.clone(),
+            ModelChoice::Checkpoint(dir) | ModelChoice::File(dir) => dir.display().to_string(),
+        };
+        let _ = actions.send(Action::InstallStarted(what));
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.install_cancel = Some(Arc::clone(&cancel));
+        let data_dir = self.data_dir.clone();
+        let failed = actions.clone();
+        // A thread, not a blocking task: quitting must not wait for a conversion to finish.
+        let spawned = std::thread::Builder::new()
+            .name("phi-tui-install".to_owned())
+            .spawn(move || install(choice, &data_dir, &actions, &cancel));
+        if let Err(e) = spawned {
+            let _ = failed.send(Action::Installed(Err(format!("cannot start the install: {e}"))));
+        }
+    }
+}
+
+/// Pulls a model or converts a checkpoint directory into the installed models, then asks for it to be loaded.
+fn install(
+    choice: ModelChoice,
+    data_dir: &std::path::Path,
+    actions: &mpsc::UnboundedSender<Action>,
+    cancel: &AtomicBool,
+) {
+    // Byte counts come per chunk; the screen needs a few a second.
+    let mut last_sent: Option<Instant> = None;
+    let mut on_event = |event: PullEvent| {
+        let partial = match &event {
+            PullEvent::Download(crate::hub::FetchEvent::Progress { done, total, .. })
+            | PullEvent::Converting { done, total, .. } => done < total,
+            _ => false,
+        };
+        if partial && last_sent.is_some_and(|t| t.elapsed() < Duration::from_millis(100)) {
+            return;
+        }
+        last_sent = Some(Instant::now());
+        let _ = actions.send(Action::InstallProgress(event));
+    };
+    let result = match choice {
+        ModelChoice::Pull(name) => {
+            let hub = crate::hub::Hub::from_env();
+            models::pull(&hub, data_dir, &models::PullRequest::new(name), &mut on_event, cancel)
+        }
+        ModelChoice::Checkpoint(dir) | ModelChoice::File(dir) => {
+            let name = models::name_for_checkpoint(&dir);
+            let source = models::ModelSource::Local { dir: dir.clone() };
+            models::install(data_dir, &dir, &name, models::default_quant(), source, None, &mut on_event)
+        }
+    };
+    let outcome = result
+        .map(|pulled| {
+            let model = &pulled.model;
+            let notice = if pulled.up_to_date {
+                format!("{} is installed and up to date", model.name)
+            } else {
+                format!("installed {} ({}, {})", model.name, model.quant, models::human_size(model.size))
+            };
+            (model.path.clone(), notice)
+        })
+        .map_err(|e| e.to_string());
+    if let Err(error) = &outcome {
+        tracing::error!("install: {error}");
+    }
+    let _ = actions.send(Action::Installed(outcome));
 }
 
 async fn next_generation_event(generation: &mut Option<Generation>) -> Option<Result<GenerationEvent, EngineError>> {

@@ -18,6 +18,8 @@ use super::keys::Command;
 use super::markdown::{display_width, render_code_block, render_markdown, wrap_spans, BlockLook};
 use super::session::{format_time, Message, MessageStatus, Role};
 use crate::config::PromptMode;
+use crate::hub::FetchEvent;
+use crate::models::{self, PullEvent};
 
 const SPINNER: [&str; 10] = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"];
 const DIM: Style = Style::new().fg(Color::DarkGray);
@@ -313,24 +315,40 @@ fn render_empty(app: &App, frame: &mut Frame, area: Rect) {
     let heading = Style::new().add_modifier(Modifier::BOLD);
     let config = app.options.config_path.to_string_lossy().into_owned();
     let how_to_get_one = |lines: &mut Vec<Line<'static>>| {
-        lines.push(Line::from("phi-tui needs phi-1 as a GGUF file. To make one:"));
-        lines.push(Line::default());
-        lines.push(Line::from(
-            "  1. Download microsoft/phi-1 from Hugging Face (config.json, model.safetensors, tokenizer)",
-        ));
+        let load = keys.first(Command::LoadModel);
+        let first = models::FIRST_MODEL;
         lines.push(Line::from(vec![
-            Span::raw("  2. "),
-            Span::styled("phi-tui convert /path/to/phi-1 -o phi-1.f16.gguf", cmd),
+            Span::styled(format!("{load} then Enter"), cmd),
+            Span::raw(format!(
+                " downloads {} from Hugging Face ({}) and installs it; phi-tui starts with it from then on.",
+                first.name,
+                models::human_size(first.download_bytes)
+            )),
         ]));
-        lines.push(Line::from(vec![Span::raw("  3. "), Span::styled("phi-tui -m phi-1.f16.gguf", cmd)]));
+        lines.push(Line::from(format!(
+            "{load} also takes a GGUF file, a Hugging Face checkpoint directory to convert, or another model: \
+             phi-1_5, phi-2, owner/name."
+        )));
         lines.push(Line::default());
-        lines.push(Line::from("Or set it once in the config file:"));
+        lines.push(Line::from(vec![
+            Span::raw("From a shell: "),
+            Span::styled(format!("phi-tui pull {}", first.name), cmd),
+            Span::raw(" · "),
+            Span::styled("phi-tui models", cmd),
+            Span::raw(" (what is installed)"),
+        ]));
+        lines.push(Line::from(vec![
+            Span::raw("  "),
+            Span::styled("phi-tui convert /path/to/phi-1 -o phi-1.f16.gguf", cmd),
+            Span::raw(" (a checkpoint you have)"),
+        ]));
+        lines.push(Line::default());
+        lines.push(Line::from("Or name the model in the config file (an installed model, or a GGUF's path):"));
         lines.push(Line::from(vec![Span::raw("  "), Span::styled(config.clone(), cmd)]));
-        lines.push(Line::from(vec![Span::raw("  "), Span::styled("model = \"/path/to/phi-1.f16.gguf\"", cmd)]));
+        lines.push(Line::from(vec![Span::raw("  "), Span::styled(format!("model = \"{}\"", first.name), cmd)]));
         lines.push(Line::default());
         lines.push(Line::from(format!(
-            "{} loads a model now · {} lists every key · {} quits",
-            keys.first(Command::LoadModel),
+            "{} lists every key · {} quits",
             keys.first(Command::Help),
             keys.first(Command::Quit)
         )));
@@ -346,6 +364,17 @@ fn render_empty(app: &App, frame: &mut Frame, area: Rect) {
             lines.extend(wrap_spans(vec![Span::styled(error.clone(), ERROR)], area.width as usize, &[], &[]));
             lines.push(Line::default());
             how_to_get_one(&mut lines);
+        }
+        ModelState::Installing { what, event } => {
+            lines.push(Line::from(Span::styled(format!("Installing {what} …"), heading)));
+            lines.push(Line::default());
+            let bar_width = (area.width as usize).saturating_sub(10).min(50);
+            install_progress(event.as_ref(), bar_width, &mut lines);
+            lines.push(Line::default());
+            lines.push(Line::from(format!(
+                "{} stops the download; loading {what} again resumes it.",
+                keys.first(Command::Cancel)
+            )));
         }
         ModelState::Loading { path, progress } => {
             lines.push(Line::from(Span::styled(format!("Loading {} …", path.display()), heading)));
@@ -397,6 +426,40 @@ fn render_empty(app: &App, frame: &mut Frame, area: Rect) {
         })
         .collect();
     frame.render_widget(Paragraph::new(wrapped), area);
+}
+
+/// The lines of an install's progress: what it is doing, and a bar where it counts bytes.
+fn install_progress(event: Option<&PullEvent>, bar_width: usize, lines: &mut Vec<Line<'static>>) {
+    let fraction = |done: u64, total: u64| if total == 0 { 0.0 } else { (done as f64 / total as f64) as f32 };
+    match event {
+        None => lines.push(Line::from("starting…")),
+        Some(PullEvent::Resolving { repo }) => lines.push(Line::from(format!("asking the hub for {repo}…"))),
+        Some(PullEvent::UsingCache { repo, .. }) => {
+            lines.push(Line::from(format!("the hub is out of reach: using {repo} from the Hugging Face cache")))
+        }
+        Some(PullEvent::Download(FetchEvent::Checking { file })) => lines.push(Line::from(format!("checking {file}…"))),
+        Some(PullEvent::Download(FetchEvent::Retrying { file, reason, .. })) => {
+            lines.push(Line::from(format!("{file}: {reason}; resuming…")))
+        }
+        Some(PullEvent::Download(FetchEvent::Corrupt { file })) => {
+            lines.push(Line::from(format!("{file} did not match the hub's hash; fetching it again…")))
+        }
+        Some(PullEvent::Download(FetchEvent::Progress { file, done, total })) => {
+            lines.push(Line::from(format!(
+                "downloading {file} · {} of {}",
+                models::human_size(*done),
+                models::human_size(*total)
+            )));
+            lines.push(progress_bar(fraction(*done, *total), bar_width));
+        }
+        Some(PullEvent::Converting { out_type, done, total }) => {
+            lines.push(Line::from(format!("converting to {out_type}")));
+            lines.push(progress_bar(fraction(*done, *total), bar_width));
+        }
+        Some(PullEvent::Quantizing { out_type }) => {
+            lines.push(Line::from(format!("quantizing to {out_type} with llama.cpp…")))
+        }
+    }
 }
 
 fn progress_bar(progress: f32, width: usize) -> Line<'static> {
@@ -463,6 +526,7 @@ fn render_status(app: &App, frame: &mut Frame, area: Rect) {
         ModelState::Loading { path, progress } => {
             left.push(format!("loading {} {:.0}%", file_name(path), progress * 100.0));
         }
+        ModelState::Installing { what, .. } => left.push(format!("installing {what}")),
         ModelState::Ready(info) => {
             left.push(format!("{} {} {}", info.name, info.file_type, info.device));
             let used = app.context_used.map(|n| n.to_string()).unwrap_or_else(|| "?".to_owned());
@@ -495,6 +559,8 @@ fn render_status(app: &App, frame: &mut Frame, area: Rect) {
         format!("{spinner} running [{number}] ")
     } else if matches!(app.model, ModelState::Loading { .. }) {
         format!("{spinner} loading ")
+    } else if matches!(app.model, ModelState::Installing { .. }) {
+        format!("{spinner} installing · {} stops ", app.options.keymap.first(Command::Cancel))
     } else {
         String::new()
     };

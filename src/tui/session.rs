@@ -2,7 +2,6 @@
 //! save through a temporary file and a rename, so a reader (or a crash) never sees half a file.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -321,21 +320,8 @@ impl SessionStore {
     pub fn save_bytes(&self, id: &str, json: &[u8]) -> Result<PathBuf, SessionError> {
         let path = self.path_of(id)?;
         std::fs::create_dir_all(&self.dir).map_err(|source| SessionError::Io { path: self.dir.clone(), source })?;
-        let temp = self.dir.join(format!(".{id}.json.tmp-{}", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut file = std::fs::File::create(&temp)?;
-            file.write_all(json)?;
-            file.sync_all()?;
-            std::fs::rename(&temp, &path)
-        };
-        if let Err(source) = write() {
-            let _ = std::fs::remove_file(&temp);
-            return Err(SessionError::Io { path, source });
-        }
-        // Make the rename itself durable where the platform allows it.
-        if let Ok(dir) = std::fs::File::open(&self.dir) {
-            let _ = dir.sync_all();
-        }
+        crate::files::write_atomically(&path, json)
+            .map_err(|source| SessionError::Io { path: path.clone(), source })?;
         Ok(path)
     }
 
