@@ -12,8 +12,8 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
 
-/// How long a test waits for any one message before it fails.
-pub const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a test waits for any one message before it fails (generous: CI machines are small and busy).
+pub const TIMEOUT: Duration = Duration::from_secs(30);
 
 type Writer = Arc<Mutex<Box<dyn AsyncWrite + Unpin + Send>>>;
 type Reader = BufReader<Box<dyn AsyncRead + Unpin + Send>>;
