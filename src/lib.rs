@@ -3,6 +3,7 @@
 //! The library holds everything the `phi-tui` binary wires together; see ARCHITECTURE.md for the map.
 
 pub mod config;
+pub mod datagen;
 pub mod engine;
 pub mod eval;
 pub mod finetune;

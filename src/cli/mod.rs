@@ -2,6 +2,7 @@
 
 mod bench;
 mod convert;
+mod datagen;
 mod eval;
 mod finetune;
 mod generate;
@@ -67,6 +68,8 @@ enum Command {
     Finetune(finetune::FinetuneArgs),
     /// Evaluate a model on HumanEval or MBPP (pass@k)
     Eval(eval::EvalArgs),
+    /// Generate synthetic training data (textbook sections or exercises) with a teacher model
+    Datagen(datagen::DatagenArgs),
 }
 
 pub fn run() -> anyhow::Result<ExitCode> {
@@ -78,6 +81,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Lsp(args)) => lsp::run(args),
         Some(Command::Finetune(args)) => finetune::run(args),
         Some(Command::Eval(args)) => eval::run(args),
+        Some(Command::Datagen(args)) => datagen::run(args),
         None => tui::run(cli.tui),
     }
 }
