@@ -66,7 +66,7 @@ pub struct DatagenArgs {
     #[arg(long, default_value_t = 0.95)]
     top_p: f32,
     /// Tokens per sample at most (default: 1024 for textbook sections, 512 for exercises)
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     max_tokens: Option<u32>,
     /// Samples in flight at once (default: 4 with -m, one engine sequence each; 8 with --teacher-url)
     #[arg(long, short = 'j', value_parser = clap::value_parser!(u32).range(1..=64))]

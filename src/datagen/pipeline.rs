@@ -382,6 +382,7 @@ impl Pipeline {
     fn commit(&mut self, produced: Produced) -> Result<()> {
         let Produced { spec, reply, candidate, mut filters, contaminated_by } = produced;
         let options = &self.options;
+        let id = sample_id(options.kind, options.seed, spec.index);
         let provenance = Provenance {
             kind: options.kind,
             teacher: self.teacher.info(),
@@ -398,71 +399,68 @@ impl Pipeline {
             tokens: reply.tokens,
             truncated: reply.truncated,
         };
-        let id = sample_id(options.kind, options.seed, spec.index);
-        let rejection = match candidate {
-            Candidate::Rejected(rejection) => Some(rejection),
+        let verdict = match candidate {
+            Candidate::Rejected(rejection) => Err(rejection),
             Candidate::Passed { record, dedup_text } => {
                 let fingerprint = self.dedup.fingerprint(&dedup_text);
-                match self.dedup.check(&fingerprint) {
-                    DedupVerdict::Exact => {
-                        filters.insert("dedup".to_owned(), "exact duplicate".to_owned());
-                        Some(Rejection::new(RejectReason::ExactDuplicate, "the same text is already kept"))
-                    }
-                    DedupVerdict::Near { similarity } => {
-                        filters.insert("dedup".to_owned(), format!("near duplicate (similarity {similarity:.2})"));
-                        Some(Rejection::new(
+                let (result, verdict) = match self.dedup.check(&fingerprint) {
+                    DedupVerdict::Exact => (
+                        "exact duplicate".to_owned(),
+                        Err(Rejection::new(RejectReason::ExactDuplicate, "the same text is already kept")),
+                    ),
+                    DedupVerdict::Near { similarity } => (
+                        format!("near duplicate (similarity {similarity:.2})"),
+                        Err(Rejection::new(
                             RejectReason::NearDuplicate,
                             format!("estimated similarity {similarity:.2} to a kept sample"),
-                        ))
-                    }
+                        )),
+                    ),
                     DedupVerdict::Unique { closest } => {
-                        filters.insert("dedup".to_owned(), format!("unique (closest {closest:.2})"));
-                        let mut sample = KeptSample {
-                            id,
-                            text: None,
-                            prompt: None,
-                            completion: None,
-                            tests: None,
-                            entry_point: None,
-                            provenance,
-                            filters,
-                        };
-                        match record {
-                            Content::Text(text) => sample.text = Some(text),
-                            Content::Exercise(exercise) => {
-                                sample.prompt = Some(exercise.prompt);
-                                sample.completion = Some(exercise.completion);
-                                sample.tests = Some(exercise.tests);
-                                sample.entry_point = Some(exercise.entry_point);
-                            }
-                        }
-                        self.kept_out.append(&sample)?;
-                        self.dedup.insert(fingerprint);
-                        self.tally.kept += 1;
-                        self.tally.generated += 1;
-                        self.tally.teacher_tokens += reply.tokens;
-                        return Ok(());
+                        (format!("unique (closest {closest:.2})"), Ok((record, fingerprint)))
                     }
-                }
+                };
+                filters.insert("dedup".to_owned(), result);
+                verdict
             }
         };
-        if let Some(rejection) = rejection {
-            let record = RejectedSample {
-                id,
-                reason: rejection.reason,
-                detail: rejection.detail,
-                output: reply.text,
-                provenance,
-                filters,
-            };
-            self.rejected_out.append(&record)?;
-            *self.tally.rejected.entry(rejection.reason).or_default() += 1;
-            if let Some(problem) = contaminated_by {
-                *self.tally.contaminated.entry(benchmark_of(&problem).to_owned()).or_default() += 1;
+        match verdict {
+            Ok((record, fingerprint)) => {
+                let mut sample = KeptSample {
+                    id,
+                    text: None,
+                    prompt: None,
+                    completion: None,
+                    tests: None,
+                    entry_point: None,
+                    provenance,
+                    filters,
+                };
+                match record {
+                    Content::Text(text) => sample.text = Some(text),
+                    Content::Exercise(exercise) => {
+                        sample.prompt = Some(exercise.prompt);
+                        sample.completion = Some(exercise.completion);
+                        sample.tests = Some(exercise.tests);
+                        sample.entry_point = Some(exercise.entry_point);
+                    }
+                }
+                self.kept_out.append(&sample)?;
+                self.dedup.insert(fingerprint);
+                self.tally.kept += 1;
             }
-            self.tally.generated += 1;
-            self.tally.teacher_tokens += reply.tokens;
+            Err(rejection) => {
+                let reason = rejection.reason;
+                let record =
+                    RejectedSample { id, reason, detail: rejection.detail, output: reply.text, provenance, filters };
+                self.rejected_out.append(&record)?;
+                *self.tally.rejected.entry(reason).or_default() += 1;
+                if let Some(problem) = contaminated_by {
+                    *self.tally.contaminated.entry(benchmark_of(&problem).to_owned()).or_default() += 1;
+                }
+            }
         }
+        self.tally.generated += 1;
+        self.tally.teacher_tokens += reply.tokens;
         Ok(())
     }
 }
