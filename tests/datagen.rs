@@ -333,15 +333,21 @@ fn a_killed_run_resumes_without_duplicates_or_lost_samples() {
         .spawn()
         .unwrap();
     let started = Instant::now();
-    while lines(&out).len() < 5 {
+    // Complete lines only: the run may be writing one as it is read.
+    let complete_lines = |path: &Path| std::fs::read_to_string(path).unwrap_or_default().matches('\n').count();
+    while complete_lines(&out) < 5 {
         assert!(started.elapsed() < Duration::from_secs(120), "no samples were kept");
         assert!(child.try_wait().unwrap().is_none(), "the run ended before it was killed");
         std::thread::sleep(Duration::from_millis(10));
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let before_kill = std::fs::read_to_string(&out).unwrap();
-    let rejected_before_kill = std::fs::read_to_string(rejected_of(&out)).unwrap_or_default();
+    // What was on disk when it died, up to the last complete line (a torn one is the sample in flight).
+    let on_disk = |path: &Path| {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text[..text.rfind('\n').map_or(0, |end| end + 1)].to_owned()
+    };
+    let (before_kill, rejected_before_kill) = (on_disk(&out), on_disk(&rejected_of(&out)));
     assert!(lines(&out).len() < 16, "killed mid-run");
 
     let report_path = dir.path().join("report.json");

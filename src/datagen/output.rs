@@ -105,10 +105,6 @@ impl JsonlAppender {
         Ok(Self { path: path.to_path_buf(), file })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Writes `record` as one line with a single write, then syncs the file's data.
     pub fn append<T: Serialize>(&mut self, record: &T) -> Result<()> {
         let mut line = serde_json::to_vec(record)

@@ -276,10 +276,6 @@ impl Pipeline {
         &self.tally
     }
 
-    pub fn output_paths(&self) -> (PathBuf, PathBuf) {
-        (self.kept_out.path().to_path_buf(), self.rejected_out.path().to_path_buf())
-    }
-
     /// Runs until `count` samples are kept, `max_attempts` are generated, or `stop` completes; `progress` is
     /// called after each committed sample.
     pub async fn run(&mut self, progress: &mut dyn FnMut(&Tally), stop: impl Future<Output = ()>) -> Result<Summary> {

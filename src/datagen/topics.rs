@@ -131,4 +131,18 @@ mod tests {
         assert_eq!(parse_topic_tree("A\n\tB\n").unwrap_err().0, Some(2));
         assert!(parse_topic_tree("# nothing\n").is_err());
     }
+
+    #[test]
+    fn a_topic_file_replaces_only_the_topics() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("topics.txt");
+        std::fs::write(&path, "Rust\n  Ownership\n  Lifetimes\n").unwrap();
+        let diversity = Diversity::with_topic_file(&path).unwrap();
+        let topics: Vec<String> = diversity.topics.iter().map(Topic::display).collect();
+        assert_eq!(topics, ["Rust > Ownership", "Rust > Lifetimes"]);
+        assert_eq!(diversity.audiences, Diversity::builtin().audiences);
+        std::fs::write(&path, "A\n\tB\n").unwrap();
+        let error = Diversity::with_topic_file(&path).unwrap_err().to_string();
+        assert!(error.ends_with("topics.txt:2: indent with spaces, not tabs"), "{error}");
+    }
 }
