@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod convert;
+pub mod datagen;
 pub mod engine;
 pub mod eval;
 pub mod files;

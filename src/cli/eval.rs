@@ -303,13 +303,13 @@ impl Progress<'_> {
 }
 
 /// Ctrl-C: the first press asks the run to stop (finished results are kept), the second quits at once.
-struct Stop {
+pub(super) struct Stop {
     requested: Arc<AtomicBool>,
     notify: Arc<Notify>,
 }
 
 impl Stop {
-    fn install() -> anyhow::Result<Self> {
+    pub(super) fn install() -> anyhow::Result<Self> {
         let requested = Arc::new(AtomicBool::new(false));
         let notify = Arc::new(Notify::new());
         let (handler_requested, handler_notify) = (requested.clone(), notify.clone());
@@ -328,7 +328,7 @@ impl Stop {
         self.requested.load(Ordering::SeqCst)
     }
 
-    async fn notified(&self) {
+    pub(super) async fn notified(&self) {
         self.notify.notified().await;
     }
 

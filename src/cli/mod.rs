@@ -2,6 +2,7 @@
 
 mod bench;
 mod convert;
+mod datagen;
 mod eval;
 mod finetune;
 mod generate;
@@ -81,6 +82,8 @@ enum Command {
     Models(pull::ModelsArgs),
     /// Remove an installed model
     Rm(pull::RmArgs),
+    /// Generate synthetic training data (textbook sections or exercises) with a teacher model
+    Datagen(datagen::DatagenArgs),
 }
 
 pub fn run() -> anyhow::Result<ExitCode> {
@@ -97,6 +100,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Pull(args)) => pull::run_pull(args),
         Some(Command::Models(args)) => pull::run_models(args),
         Some(Command::Rm(args)) => pull::run_rm(args),
+        Some(Command::Datagen(args)) => datagen::run(args),
         None => tui::run(cli.tui),
     }
 }
