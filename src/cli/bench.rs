@@ -14,9 +14,9 @@ use super::RuntimeArgs;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// The GGUF model
+    /// The GGUF model (default: `model` in the config file)
     #[arg(long, short = 'm')]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Prompt tokens per pp run
     #[arg(long = "n-prompt", short = 'p', default_value_t = 512)]
     n_prompt: u32,
@@ -58,9 +58,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     // The prompt, the generated tokens, and room to sample one more.
     let needed = args.n_prompt + args.n_gen + 1;
     options.context_size = Some(options.context_size.unwrap_or(needed).max(needed));
+    let model = super::model_or_config(args.model.clone())?;
     let engine = Engine::start(options)?;
     let report = super::runtime()?.block_on(async {
-        let info = engine.load_model(&args.model, None).await?;
+        let info = engine.load_model(&model, None).await?;
         let tokens = bench_tokens(&info, args.n_prompt as usize);
         let mut pp = Vec::new();
         let mut tg = Vec::new();

@@ -27,8 +27,8 @@ time, memory and file-size limits, and no network where the OS allows it; the re
 pub struct EvalArgs {
     /// humaneval or mbpp
     benchmark: Benchmark,
-    /// The GGUF model (not needed with --completions or --from)
-    #[arg(long, short = 'm', required_unless_present_any = ["completions", "from"])]
+    /// The GGUF model (default: `model` in the config file; not needed with --completions or --from)
+    #[arg(long, short = 'm')]
     model: Option<PathBuf>,
     /// A LoRA adapter GGUF to apply
     #[arg(long)]
@@ -164,9 +164,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         let generating = work.iter().any(|(_, _, completion)| completion.is_none());
         let mut generation_time = None;
         if generating {
-            let model = args.model.as_deref().context("-m MODEL is needed to generate completions")?;
+            let model = super::model_or_config(args.model.clone())?;
             let generate_started = Instant::now();
-            generate_all(&args, model, &tasks, &work, &mut executor, &mut progress, &stop).await?;
+            generate_all(&args, &model, &tasks, &work, &mut executor, &mut progress, &stop).await?;
             generation_time = Some(generate_started.elapsed());
         } else {
             for (task, sample, completion) in &work {

@@ -98,8 +98,8 @@ struct RuntimeArgs {
     /// Layers to offload to the GPU (default: all when built with a GPU backend)
     #[arg(long = "ngl", alias = "gpu-layers")]
     gpu_layers: Option<u32>,
-    /// Flash attention
-    #[arg(long = "flash-attn", default_value = "auto", value_parser = parse_flash_attention)]
+    /// Flash attention: auto lets llama.cpp turn it on where the backend supports it
+    #[arg(long = "flash-attn", default_value = "auto", value_parser = flash_attention_parser())]
     flash_attention: FlashAttention,
     /// The GPU to use when there are several
     #[arg(long, default_value_t = 0)]
@@ -165,8 +165,21 @@ fn use_backends_dir(dir: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn parse_flash_attention(s: &str) -> Result<FlashAttention, String> {
-    s.parse()
+/// Parses `--flash-attn`, listing its values in `--help` and in errors.
+fn flash_attention_parser() -> impl clap::builder::TypedValueParser<Value = FlashAttention> {
+    use clap::builder::{PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(["auto", "on", "off"]).try_map(|s| s.parse::<FlashAttention>())
+}
+
+/// The model a command loads: `-m` when given, else `model` in the config file (as the TUI and `lsp` do).
+fn model_or_config(model: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(model) = model {
+        return Ok(model);
+    }
+    let path = phi_tui::config::Config::path()?;
+    let configured = phi_tui::config::Config::load()?.model;
+    configured
+        .ok_or_else(|| anyhow::anyhow!("no model: give one with -m MODEL.gguf, or set `model` in {}", path.display()))
 }
 
 /// A small runtime for the subcommands that await the engine.
