@@ -135,7 +135,7 @@ function M.popup_completeopt(current)
 end
 
 local function set_popup_completeopt(bufnr)
-  local value = M.popup_completeopt(vim.o.completeopt)
+  local value = M.popup_completeopt(vim.api.nvim_get_option_value('completeopt', { scope = 'global' }))
   if vim.fn.has('nvim-0.11') == 1 then
     vim.bo[bufnr].completeopt = value
   else
