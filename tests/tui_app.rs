@@ -461,3 +461,54 @@ fn first_run_pulls_the_first_model_with_progress_and_loads_it() {
     assert!(matches!(&app.model, ModelState::Loading { path, .. } if path == &gguf));
     assert_eq!(app.notice.as_ref().unwrap().text, "installed phi-1 (q8_0, 1.5 GB)");
 }
+
+#[test]
+fn renaming_the_open_conversation_shows_its_new_title_in_the_list() {
+    let mut app = ready_app();
+    exchange(&mut app, "def add(a, b):", "\n    return a + b");
+    let id = app.session.id.clone();
+    let listed =
+        |title: &str| SessionSummary { id: id.clone(), title: title.into(), updated: 0, messages: 2, snippet: None };
+    app.update(ctrl('o'));
+    app.update(Action::SessionList(vec![listed("def add(a, b):")]));
+    app.update(key(KeyCode::Char('r')));
+    for _ in 0.."def add(a, b):".len() {
+        app.update(key(KeyCode::Backspace));
+    }
+    type_text(&mut app, "adding");
+    assert_eq!(app.update(key(KeyCode::Enter)), vec![Effect::Save, Effect::ListSessions]);
+    let titles = |app: &App| match &app.overlay {
+        Some(Overlay::Sessions(view)) => view.items.iter().map(|item| item.title.clone()).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(titles(&app), ["adding"], "the list shows the new title at once");
+    // The save runs in the background: the listing that follows may have been read before it landed. The app's
+    // own copy of the open conversation wins.
+    app.update(Action::SessionList(vec![listed("def add(a, b):")]));
+    assert_eq!(titles(&app), ["adding"]);
+    assert_eq!(app.session.title, "adding");
+}
+
+#[test]
+fn a_later_success_takes_an_error_down() {
+    let mut app = ready_app();
+    type_text(&mut app, "def f():");
+    app.update(key(KeyCode::Enter));
+    app.update(Action::GenerationFailed("the session daemon went away".into()));
+    assert!(app.notice.as_ref().is_some_and(|notice| notice.error));
+
+    // A reply that is cancelled proves nothing; one that finishes does.
+    app.update(ctrl('r'));
+    app.update(Action::Finished(Box::new(summary("", 0, StopReason::Cancelled))));
+    assert!(app.notice.as_ref().is_some_and(|notice| notice.error), "{:?}", app.notice);
+    app.update(ctrl('r'));
+    app.update(Action::Delta { tokens: 1, text: "\n    pass".into() });
+    app.update(Action::Finished(Box::new(summary("\n    pass", 1, StopReason::Predicate))));
+    assert_eq!(app.notice, None);
+
+    // A rename of another conversation that worked says so, replacing an earlier error too.
+    app.update(Action::Error("could not save: disk full".into()));
+    app.update(Action::SessionRenamed(Ok(("other".into(), "new title".into()))));
+    let notice = app.notice.as_ref().unwrap();
+    assert!(!notice.error && notice.text == "renamed to “new title”", "{notice:?}");
+}

@@ -292,7 +292,7 @@ fn a_session_file_survives_sigkill_mid_reply() {
     let id = session["id"].as_str().unwrap();
     let loaded = store.load(id).unwrap();
     assert_eq!(loaded.messages[3].status, phi_tui::tui::session::MessageStatus::Interrupted);
-    assert_eq!(store.list().len(), 1);
+    assert_eq!(store.list().items.len(), 1);
 }
 
 #[test]
@@ -311,6 +311,24 @@ fn first_run_without_a_model_explains_how_to_get_one() {
     tmux.wait_for("the help to close", |s| !s.contains("Keys — any key closes"));
     tmux.quit();
     assert!(session_files(&dirs.data).is_empty(), "nothing was said, nothing is saved");
+}
+
+#[test]
+fn conversations_that_cannot_be_read_are_reported() {
+    require_tmux!();
+    let _serial = serial();
+    let dirs = dirs("");
+    std::fs::create_dir_all(dirs.data.join("sessions")).unwrap();
+    std::fs::write(dirs.data.join("sessions/broken.json"), "{\"version\": 1, \"id\": ").unwrap();
+    let tmux = Tmux::start(&command(&dirs, ""));
+    tmux.wait_for("the first-run screen", |s| s.contains("No model loaded"));
+    tmux.keys(&["C-o"]);
+    // The whole error, under the title bar: which file, and why.
+    let screen = tmux.wait_for("the error", |s| s.contains("could not read a conversation:"));
+    let text = screen.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(text.contains("broken.json: not a session file: EOF while parsing"), "{screen}");
+    tmux.keys(&["Escape"]);
+    tmux.quit();
 }
 
 #[test]

@@ -366,3 +366,29 @@ fn installing_shows_the_download_and_the_conversion() {
     let screen = self::screen(&mut app);
     assert!(screen.contains("converting to q8_0") && screen.contains("75%"), "{screen}");
 }
+
+#[test]
+fn a_long_error_is_shown_whole_under_the_title_bar() {
+    let mut app = ready_app();
+    let error = "could not read a conversation: /home/user/.local/share/phi-tui/sessions/20260514-153012-1a2b.json: \
+                 not a session file: EOF while parsing an object at line 1 column 1";
+    app.update(Action::Error(error.into()));
+    let screen = screen(&mut app);
+    let text: String = screen.lines().map(|line| line.trim_matches('"').trim()).collect::<Vec<_>>().join(" ");
+    assert!(text.contains(error), "the error is cut:\n{screen}");
+    assert_snapshot!("long_error", screen);
+    // An overlay opened meanwhile stays below it.
+    app.update(ctrl('o'));
+    app.update(Action::SessionList(vec![]));
+    let screen = render_app(&mut app, 80, 24).backend().to_string();
+    let text: String = screen.lines().map(|line| line.trim_matches('"').trim()).collect::<Vec<_>>().join(" ");
+    assert!(text.contains(error) && text.contains("Conversations (0)"), "{screen}");
+    app.update(key(KeyCode::Esc));
+    // And a tiny terminal still draws.
+    render_app(&mut app, 12, 4);
+
+    // A short one stays in the title bar.
+    app.update(Action::Error("no model loaded".into()));
+    let screen = render_app(&mut app, 80, 24).backend().to_string();
+    assert!(screen.lines().next().unwrap().contains("no model loaded"), "{screen}");
+}

@@ -64,6 +64,24 @@ fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
     }
 }
 
+/// phi-tui's own request, for an editor's status display: which model completions come from. No params; the
+/// answer is [`ServerStatus`], sent once a model load in progress has finished.
+pub const STATUS_METHOD: &str = "phi-tui/status";
+
+/// The answer to [`STATUS_METHOD`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ServerStatus {
+    /// The loaded model, or `None` (JSON `null`) when there is none.
+    pub model: Option<StatusModel>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StatusModel {
+    pub name: String,
+    /// The file, when the backend knows it.
+    pub path: Option<PathBuf>,
+}
+
 /// How the server starts; the `phi-tui lsp` command fills it from its arguments and config file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServerOptions {
@@ -89,6 +107,7 @@ where
 {
     let (service, socket) = LspService::build(|client| PhiLanguageServer::new(client, backend, options))
         .custom_method("textDocument/inlineCompletion", PhiLanguageServer::<B>::inline_completion)
+        .custom_method(STATUS_METHOD, PhiLanguageServer::<B>::status)
         .finish();
     let (checked_input, checked_output) = tokio::io::duplex(FORWARD_BUFFER_BYTES);
     let server = tower_lsp_server::Server::new(checked_input, output, socket)
@@ -174,6 +193,13 @@ impl<B: CompletionBackend> PhiLanguageServer<B> {
                 failure_reported: AtomicBool::new(false),
             }),
         }
+    }
+
+    /// [`STATUS_METHOD`]: the model, after any load in progress.
+    async fn status(&self) -> RpcResult<ServerStatus> {
+        drop(self.inner.loading.lock().await);
+        let model = self.inner.backend.model().await.map(|model| StatusModel { name: model.name, path: model.path });
+        Ok(ServerStatus { model })
     }
 
     /// `textDocument/inlineCompletion` (LSP 3.18).

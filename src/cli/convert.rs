@@ -16,8 +16,8 @@ pub struct ConvertArgs {
     /// The GGUF to write (default: <checkpoint name>.<outtype>.gguf in the current directory)
     #[arg(long, short = 'o')]
     output: Option<PathBuf>,
-    /// Storage type of the weights
-    #[arg(long, default_value = "f16", value_parser = parse_out_type)]
+    /// Storage type of the weights: f32/f16/bf16/q8_0 are written directly, the others through llama.cpp's quantizer
+    #[arg(long, default_value = "f16", ignore_case = true, value_parser = out_type_parser())]
     outtype: OutType,
     /// Directory with the tokenizer (tokenizer.json) to embed, if not the checkpoint's own
     #[arg(long)]
@@ -30,8 +30,10 @@ pub struct ConvertArgs {
     backends_dir: Option<PathBuf>,
 }
 
-fn parse_out_type(s: &str) -> Result<OutType, String> {
-    s.parse().map_err(|e: phi_converters::ConvertError| e.to_string())
+/// Parses `--outtype`, listing its values in `--help` and in errors.
+fn out_type_parser() -> impl clap::builder::TypedValueParser<Value = OutType> {
+    use clap::builder::{PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(OutType::ALL.map(OutType::name)).try_map(|s| s.parse::<OutType>())
 }
 
 pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {

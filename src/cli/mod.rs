@@ -114,8 +114,8 @@ struct RuntimeArgs {
     /// Layers to offload to the GPU (default: all when built with a GPU backend)
     #[arg(long = "ngl", alias = "gpu-layers")]
     gpu_layers: Option<u32>,
-    /// Flash attention
-    #[arg(long = "flash-attn", default_value = "auto", value_parser = parse_flash_attention)]
+    /// Flash attention: auto lets llama.cpp turn it on where the backend supports it
+    #[arg(long = "flash-attn", default_value = "auto", value_parser = flash_attention_parser())]
     flash_attention: FlashAttention,
     /// The GPU to use when there are several
     #[arg(long, default_value_t = 0)]
@@ -181,8 +181,10 @@ fn use_backends_dir(dir: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn parse_flash_attention(s: &str) -> Result<FlashAttention, String> {
-    s.parse()
+/// Parses `--flash-attn`, listing its values in `--help` and in errors.
+fn flash_attention_parser() -> impl clap::builder::TypedValueParser<Value = FlashAttention> {
+    use clap::builder::{PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(["auto", "on", "off"]).try_map(|s| s.parse::<FlashAttention>())
 }
 
 /// The model a subcommand runs (`-m`: an installed name or a path; else the config file's; else the only installed

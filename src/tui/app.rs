@@ -339,6 +339,13 @@ impl App {
         self.notice = Some(Notice { text: text.into(), error: true, ticks_left: NOTICE_TICKS * 2 });
     }
 
+    /// A later success takes down an error still on show: what it said (no model, a failed reply) is over.
+    fn clear_error(&mut self) {
+        if self.notice.as_ref().is_some_and(|notice| notice.error) {
+            self.notice = None;
+        }
+    }
+
     pub fn model_info(&self) -> Option<&ModelInfo> {
         match &self.model {
             ModelState::Ready(info) => Some(info),
@@ -483,7 +490,14 @@ impl App {
                 self.error(error);
                 vec![Effect::Save]
             }
-            Action::SessionList(items) => {
+            Action::SessionList(mut items) => {
+                // The saver writes in the background, so a listing read right after a change to the open
+                // conversation (a rename, say) can be older than what the app holds: the app's copy wins (once
+                // it has been saved at all, i.e. has messages).
+                let current = items.iter_mut().find(|item| item.id == self.session.id);
+                if let Some(item) = current.filter(|_| !self.session.messages.is_empty()) {
+                    *item = SessionSummary { snippet: item.snippet.take(), ..SessionSummary::of(&self.session) };
+                }
                 if let Some(Overlay::Sessions(view)) = &mut self.overlay {
                     view.items = items;
                     view.loading = false;
@@ -521,6 +535,7 @@ impl App {
             },
             Action::SessionRenamed(result) => match result {
                 Ok((id, title)) => {
+                    self.notify(format!("renamed to “{title}”"));
                     if id == self.session.id {
                         self.session.title = title;
                     }
@@ -1096,6 +1111,9 @@ impl App {
         self.touch(last);
         self.last_speed = Some(speed);
         self.context_used = Some(summary.prompt_tokens.len() + summary.tokens.len());
+        if summary.stop_reason != StopReason::Cancelled {
+            self.clear_error();
+        }
         vec![Effect::Save]
     }
 
@@ -1198,7 +1216,12 @@ impl App {
             }
             PromptPurpose::Rename { id } => {
                 if id == self.session.id {
-                    self.session.title = text.clone();
+                    self.session.title = text.trim().to_owned();
+                    if let Some(Overlay::Sessions(view)) = &mut self.overlay {
+                        if let Some(item) = view.items.iter_mut().find(|item| item.id == id) {
+                            item.title = self.session.display_title();
+                        }
+                    }
                     let mut effects = vec![];
                     if !self.session.messages.is_empty() {
                         effects.push(Effect::Save);

@@ -45,7 +45,7 @@ use crate::session::{Notice, SharedSession};
 use app::{Action, App, AppOptions, Effect, ModelState};
 use keys::KeyMap;
 use render::RenderCache;
-use session::{Session, SessionStore};
+use session::{Listing, Session, SessionStore};
 
 /// Python that touches most of the syntax's rules (highlighted once at start, off the UI thread).
 const WARM_UP_CODE: &str = "import os\n@decorator\nclass A(B):\n    \"\"\"Doc.\"\"\"\n    def f(self, x: int = 1, *a, **k) -> str:\n        return f'{x!r}' + r'\\d' + b'x'.decode() if x else [y for y in range(3)]  # c\nlambda t: t[1]\n";
@@ -267,14 +267,10 @@ impl EventLoop {
                 }
             }
             Effect::ListSessions => {
-                tokio::task::spawn_blocking(move || {
-                    let _ = actions.send(Action::SessionList(store.list()));
-                });
+                tokio::task::spawn_blocking(move || send_listing(&actions, store.list()));
             }
             Effect::SearchSessions(query) => {
-                tokio::task::spawn_blocking(move || {
-                    let _ = actions.send(Action::SessionList(store.search(&query)));
-                });
+                tokio::task::spawn_blocking(move || send_listing(&actions, store.search(&query)));
             }
             Effect::OpenSession(id) => {
                 tokio::task::spawn_blocking(move || {
@@ -564,6 +560,15 @@ fn draw(
     terminal.draw(|frame| report = render::render(app, cache, frame))?;
     crossterm::execute!(terminal.backend_mut(), EndSynchronizedUpdate)?;
     Ok(report)
+}
+
+/// Shows a listing, and says which session files could not be read (after the list, which does not clear it).
+fn send_listing(actions: &mpsc::UnboundedSender<Action>, listing: Listing) {
+    let problem = listing.problem();
+    let _ = actions.send(Action::SessionList(listing.items));
+    if let Some(problem) = problem {
+        let _ = actions.send(Action::Error(problem));
+    }
 }
 
 /// Writes sessions on a thread of its own, in order, keeping only the newest pending version of each.

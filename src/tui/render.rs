@@ -31,6 +31,8 @@ const OK: Style = Style::new().fg(Color::Green);
 
 /// Most lines of a run's output shown under its block.
 const RUN_OUTPUT_LINES: usize = 12;
+/// An error too long for the title bar is shown whole on rows of its own under it, up to this many.
+const MAX_ERROR_ROWS: usize = 6;
 
 #[derive(Clone)]
 struct Entry {
@@ -95,15 +97,18 @@ pub fn render(app: &App, cache: &mut RenderCache, frame: &mut Frame) -> ViewRepo
     }
     let area = frame.area();
     let (input_rows, input_lines, cursor) = input_layout(app, area.width as usize);
-    let [title, body, input, status] = Layout::vertical([
+    let error = long_error_lines(app, area.width as usize);
+    let [title, error_area, body, input, status] = Layout::vertical([
         Constraint::Length(1),
+        Constraint::Length(error.len() as u16),
         Constraint::Min(1),
         Constraint::Length(input_rows as u16 + 1),
         Constraint::Length(1),
     ])
     .areas(area);
 
-    render_title(app, frame, title);
+    render_title(app, frame, title, !error.is_empty());
+    frame.render_widget(Paragraph::new(error).style(BAR), error_area);
     let report = if app.session.messages.is_empty() {
         render_empty(app, frame, body);
         ViewReport { height: body.height as usize, max_scroll: 0, reveal: None, scroll: 0 }
@@ -113,30 +118,68 @@ pub fn render(app: &App, cache: &mut RenderCache, frame: &mut Frame) -> ViewRepo
     render_input(app, frame, input, &input_lines, cursor);
     render_status(app, frame, status);
 
+    // Overlays stay below a long error, so that it is read whole (the error is often about what they show).
+    let below_error = match error_area.height {
+        0 => area,
+        _ => Rect { y: error_area.bottom(), height: area.bottom().saturating_sub(error_area.bottom()), ..area },
+    };
     match &app.overlay {
-        Some(Overlay::Help) => render_help(app, frame, area),
-        Some(Overlay::Sessions(view)) => render_sessions(app, view, frame, area),
+        Some(Overlay::Help) => render_help(app, frame, below_error),
+        Some(Overlay::Sessions(view)) => render_sessions(app, view, frame, below_error),
         None => {}
     }
     if let Some(prompt) = &app.prompt {
-        render_prompt(prompt, frame, area);
+        render_prompt(prompt, frame, below_error);
     }
     report
 }
 
-fn render_title(app: &App, frame: &mut Frame, area: Rect) {
+/// Room for a notice at the right of the title bar.
+fn notice_room(width: usize) -> usize {
+    width.saturating_sub(12).max(1)
+}
+
+const ERROR_TEXT: Style = BAR.fg(Color::LightRed).add_modifier(Modifier::BOLD);
+
+/// An error notice that does not fit in the title bar, wrapped to the screen's width (cut only past
+/// [`MAX_ERROR_ROWS`] rows); nothing when there is no such error.
+fn long_error_lines(app: &App, width: usize) -> Vec<Line<'static>> {
+    let Some(notice) = app.notice.as_ref().filter(|notice| notice.error) else { return Vec::new() };
+    if display_width(&notice.text) <= notice_room(width) {
+        return Vec::new();
+    }
+    let indent = [Span::styled(" ", BAR)];
+    let mut lines = wrap_spans(
+        vec![Span::styled(notice.text.clone(), ERROR_TEXT)],
+        width.saturating_sub(1).max(1),
+        &indent,
+        &indent,
+    );
+    if lines.len() > MAX_ERROR_ROWS {
+        lines.truncate(MAX_ERROR_ROWS);
+        if let Some(last) = lines.last_mut() {
+            last.spans.push(Span::styled("…", ERROR_TEXT));
+        }
+    }
+    lines
+}
+
+/// The title bar: the conversation's title, and a notice or the help key. `error_below`: the notice is an
+/// error shown in full under the bar, so the bar only points at it.
+fn render_title(app: &App, frame: &mut Frame, area: Rect, error_below: bool) {
     let left = format!(" phi-tui │ {}", app.session.display_title());
     let right = match &app.notice {
+        Some(_) if error_below => "error ".to_owned(),
         Some(notice) => notice.text.clone(),
         None => format!("{} help ", app.options.keymap.first(Command::Help)),
     };
     let right_style = match &app.notice {
-        Some(notice) if notice.error => BAR.fg(Color::LightRed).add_modifier(Modifier::BOLD),
+        Some(notice) if notice.error => ERROR_TEXT,
         Some(_) => BAR.fg(Color::LightYellow),
         None => BAR.fg(Color::Gray),
     };
     let width = area.width as usize;
-    let right = super::session::shorten(&right, width.saturating_sub(12).max(1));
+    let right = super::session::shorten(&right, notice_room(width));
     let left_room = width.saturating_sub(display_width(&right) + 1);
     let left = super::session::shorten(&left, left_room);
     let pad = width.saturating_sub(display_width(&left) + display_width(&right));
