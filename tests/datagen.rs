@@ -23,7 +23,7 @@ fn phi_tui(args: &[&str]) -> Command {
 
 fn run(command: &mut Command) -> Output {
     let output = command.output().expect("run phi-tui");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{}: {}", output.status, String::from_utf8_lossy(&output.stderr));
     output
 }
 

@@ -98,15 +98,15 @@ fn load_backend_modules() -> Result<(), String> {
     Ok(())
 }
 
-pub(super) fn spawn(options: EngineOptions) -> Result<Sender<Command>> {
+pub(super) fn spawn(options: EngineOptions) -> Result<(Sender<Command>, std::thread::JoinHandle<()>)> {
     validate_options(&options)?;
     backend()?;
     let (commands, receiver) = mpsc::channel();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("phi-engine".to_owned())
         .spawn(move || Worker::new(receiver, options).run())
         .map_err(|e| EngineError::Context(format!("cannot start the engine thread: {e}")))?;
-    Ok(commands)
+    Ok((commands, thread))
 }
 
 fn validate_options(options: &EngineOptions) -> Result<()> {
