@@ -8,7 +8,8 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use phi_converters::{
-    ConvertOptions, ConvertProgress, ConvertSummary, OutType, SourceDtype, TokenizerOrigin, TokenizerSource,
+    ConvertOptions, ConvertProgress, ConvertSummary, OutType, SourceDtype, TemporaryPath, TokenizerOrigin,
+    TokenizerSource,
 };
 use phi_tui::bundled;
 
@@ -26,7 +27,7 @@ pub struct ConvertArgs {
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// Threads for llama.cpp's quantizer (default: all cores)
-    #[arg(long, short = 't')]
+    #[arg(long, short = 't', value_parser = clap::value_parser!(u32).range(1..=512))]
     threads: Option<u32>,
     /// Directory of ggml backend modules for llama.cpp's quantizer; needs the `dynamic-backends` build
     #[arg(long, env = "PHI_TUI_BACKENDS_DIR")]
@@ -51,6 +52,11 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         }),
     };
     super::use_backends_dir(args.backends_dir.as_deref())?;
+    super::check_threads(args.threads)?;
+    // Before anything is written: an unusable output (a device, a file of the checkpoint itself) is refused here,
+    // and an interrupted run leaves no temporary file behind.
+    phi_converters::check_output(&args.input, &output, &options)?;
+    remove_temporary_files_on_signals()?;
     let summary = if args.outtype.is_native() {
         convert_with_progress(&args.input, &output, &options)?
     } else {
@@ -106,32 +112,41 @@ fn quantize_through_llama(
     let info = phi_converters::inspect(&args.input)?;
     // Quantizing from f16 loses nothing for f16 checkpoints; wider sources keep their precision until the end.
     let intermediate_type = if info.source_dtype == SourceDtype::F16 { OutType::F16 } else { OutType::F32 };
-    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let file_name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let intermediate = TempPath(dir.join(format!(".{file_name}.{intermediate_type}-{}.tmp", std::process::id())));
-    let quantized = TempPath(dir.join(format!(".{file_name}.quantized-{}.tmp", std::process::id())));
+    let intermediate = TemporaryPath::new(output, &intermediate_type.to_string());
+    let quantized = TemporaryPath::new(output, "quantized");
 
     let options = ConvertOptions { out_type: intermediate_type, ..options };
-    let summary = convert_with_progress(&args.input, &intermediate.0, &options)?;
+    let summary = convert_with_progress(&args.input, intermediate.path(), &options)?;
     let spinner = ProgressBar::new_spinner().with_message(format!("quantizing to {} with llama.cpp", args.outtype));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
     let result = phi_tui::engine::quantize_model(
-        &intermediate.0,
-        &quantized.0,
+        intermediate.path(),
+        quantized.path(),
         args.outtype.llama_ftype(),
         args.threads.unwrap_or(0),
     );
     spinner.finish_and_clear();
     result?;
-    std::fs::rename(&quantized.0, output).with_context(|| format!("{}: cannot write the output", output.display()))?;
+    std::fs::rename(quantized.path(), output)
+        .with_context(|| format!("{}: cannot write the output", output.display()))?;
+    quantized.keep();
     Ok(summary)
 }
 
-/// A temporary file removed when dropped (after a successful rename there is nothing left to remove).
-struct TempPath(PathBuf);
-
-impl Drop for TempPath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
+/// On SIGINT, SIGTERM or SIGHUP, removes the temporary files of the conversion, then ends the process as the
+/// signal would have (exit status 128 + signal). A thread of its own waits for the signals, so the removal runs
+/// outside the signal handler; `_exit` then skips destructors, which could meet llama.cpp's quantizer mid-work.
+fn remove_temporary_files_on_signals() -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
+    std::thread::Builder::new().name("convert-signals".to_owned()).spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            phi_converters::remove_temporary_files();
+            eprintln!("\ninterrupted; no output written");
+            // SAFETY: _exit ends the process at once; nothing runs after it.
+            unsafe { libc::_exit(128 + signal) };
+        }
+    })?;
+    Ok(())
 }

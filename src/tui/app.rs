@@ -129,6 +129,11 @@ pub enum Action {
     View(ViewReport),
     ModelProgress(f32),
     ModelLoaded(Result<Box<ModelInfo>, String>),
+    /// A load failed before the engine let go of the model it had, which it still serves.
+    ModelKept {
+        error: String,
+        model: Box<ModelInfo>,
+    },
     AdapterChanged(Result<Option<AdapterInfo>, String>),
     Delta {
         tokens: usize,
@@ -401,6 +406,11 @@ impl App {
                 vec![]
             }
             Action::ModelLoaded(result) => self.model_loaded(result),
+            Action::ModelKept { error, model } => {
+                self.error(format!("could not load the model: {error} (still using {})", model.name));
+                self.model = ModelState::Ready(model);
+                vec![]
+            }
             Action::AdapterChanged(result) => {
                 self.adapter_loading = false;
                 match result {
