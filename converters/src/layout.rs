@@ -87,10 +87,12 @@ pub(crate) fn detect(checkpoint: &Checkpoint) -> Result<Layout> {
 /// Maps every stored tensor to its GGUF tensor(s), checking that the set of tensors and every shape is what
 /// the config implies. The result is in output order.
 pub(crate) fn map_tensors(checkpoint: &Checkpoint, layout: Layout, config: &ModelConfig) -> Result<Vec<MappedTensor>> {
-    // The config's layer count sizes the list of expected tensors, so it is bounded by the layers the checkpoint
-    // has before anything is built from it (a corrupt count of 2^31 would otherwise take gigabytes first).
-    let layers = layers_present(checkpoint);
-    if config.num_layers > layers {
+    // The config's layer count sizes the list of expected tensors, so it is bounded by the tensors the checkpoint
+    // has before anything is built from it (a corrupt count of 2^31 would otherwise take gigabytes first). Every
+    // layer has at least eight tensors: a count above the number of tensors is certainly wrong, and below it the
+    // list stays as small as the checkpoint's and the missing tensors are named as usual.
+    if config.num_layers > checkpoint.tensors.len() {
+        let layers = layers_present(checkpoint);
         let key = if config.style == ConfigStyle::PhiMsft { "n_layer" } else { "num_hidden_layers" };
         return Err(ConvertError::InvalidValue {
             path: checkpoint.description.with_file_name("config.json"),
