@@ -296,13 +296,18 @@ async fn bad_model_files_are_errors_and_the_engine_keeps_serving() {
     let corrupt = dir.path().join("corrupt.gguf");
     std::fs::write(&corrupt, &bad_header).unwrap();
 
+    greedy_tokens(&engine, 0, &long_prompt(), 4).await;
+    let cached = engine.state().await.unwrap().cached_tokens;
     for path in [dir.path().join("missing.gguf"), truncated, garbage, corrupt] {
         let error = engine.load_model(&path, None).await.unwrap_err();
         assert!(matches!(error, EngineError::InvalidModel { .. }), "{}: {error}", path.display());
         assert!(error.to_string().contains(&*path.to_string_lossy()), "{error}");
     }
-    // A file that fails its checks never unloads the working model (F5 on a bad path in the TUI).
-    assert_eq!(engine.state().await.unwrap().model.unwrap().path, good);
+    // A file that fails its checks never unloads the working model (F5 on a bad path in the TUI), nor what its
+    // sequences hold.
+    let state = engine.state().await.unwrap();
+    assert_eq!(state.model.unwrap().path, good);
+    assert_eq!(state.cached_tokens, cached);
     assert_still_serving(&engine).await;
     engine.load_model(&good, None).await.unwrap();
     assert_still_serving(&engine).await;

@@ -168,8 +168,10 @@ struct Loaded {
 /// Why the worker left the loop that serves one context.
 enum Exit {
     Shutdown,
+    /// A model file that passed its checks (`check_model`); one that fails them is answered without leaving.
     LoadModel {
         path: PathBuf,
+        facts: Box<ModelFacts>,
         progress: Option<LoadProgress>,
         reply: oneshot::Sender<Result<ModelInfo>>,
     },
@@ -244,21 +246,12 @@ impl Worker {
             };
             match exit {
                 Exit::Shutdown => return,
-                Exit::LoadModel { path, progress, reply } => {
-                    // Check the new file before anything else: a file that cannot be loaded leaves the working model
-                    // (and the generations running on it) in place.
-                    let facts = match check_model(&path, &self.options) {
-                        Ok(facts) => facts,
-                        Err(error) => {
-                            let _ = reply.send(Err(error));
-                            continue;
-                        }
-                    };
+                Exit::LoadModel { path, facts, progress, reply } => {
                     self.fail_all(&EngineError::Context("the model was replaced".to_owned()));
                     // Free the old model before loading the new one: two 1.3B models may not fit.
                     loaded = None;
                     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        load_model(&path, facts, progress, &self.options)
+                        load_model(&path, *facts, progress, &self.options)
                     }))
                     .unwrap_or_else(|panic| {
                         Err(EngineError::ModelLoad { path: path.clone(), reason: panic_message(&*panic) })
@@ -298,7 +291,11 @@ impl Worker {
         loop {
             let Ok(command) = self.commands.recv() else { return Exit::Shutdown };
             match command {
-                Command::LoadModel { path, progress, reply } => return Exit::LoadModel { path, progress, reply },
+                Command::LoadModel { path, progress, reply } => {
+                    if let Some(exit) = self.load_model_exit(path, progress, reply) {
+                        return exit;
+                    }
+                }
                 Command::State { reply } => {
                     let _ = reply.send(EngineState::default());
                 }
@@ -380,7 +377,7 @@ impl Worker {
     /// Handles one command; returns an exit when the context must go.
     fn handle(&mut self, command: Command, session: &mut Session<'_, '_>) -> Option<Exit> {
         match command {
-            Command::LoadModel { path, progress, reply } => return Some(Exit::LoadModel { path, progress, reply }),
+            Command::LoadModel { path, progress, reply } => return self.load_model_exit(path, progress, reply),
             Command::Tokenize { text, parse_special, reply } => {
                 let _ = reply.send(Ok(tokenize(session.model, &text, parse_special)));
             }
@@ -642,6 +639,23 @@ impl Worker {
         if let Some(reason) = outcome {
             let job = self.jobs.remove(index);
             finish(job, reason);
+        }
+    }
+
+    /// Checks a model file before anything is unloaded: one that fails its checks is answered here, and the working
+    /// model, its context and the generations on it stay as they are (F5 on a bad path in the TUI).
+    fn load_model_exit(
+        &self,
+        path: PathBuf,
+        progress: Option<LoadProgress>,
+        reply: oneshot::Sender<Result<ModelInfo>>,
+    ) -> Option<Exit> {
+        match check_model(&path, &self.options) {
+            Ok(facts) => Some(Exit::LoadModel { path, facts: Box::new(facts), progress, reply }),
+            Err(error) => {
+                let _ = reply.send(Err(error));
+                None
+            }
         }
     }
 
