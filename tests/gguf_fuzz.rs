@@ -203,6 +203,14 @@ fn systematic_cases(base: &GgufFile) -> Vec<Vec<Mutation>> {
 struct Rng(u64);
 
 impl Rng {
+    /// Every seed its own sequence (splitmix64 of the seed as the state, never 0).
+    fn new(seed: u64) -> Self {
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Self((z ^ (z >> 31)).max(1))
+    }
+
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -404,7 +412,7 @@ async fn seeded_fuzz_load_and_decode() {
     let seed: u64 = std::env::var("PHI_TUI_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_SEED);
     let fuzz = Fuzz::new(false).await;
     let systematic = systematic_cases(&fuzz.file);
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let (mut ran, mut refused) = (0, 0);
     let started = std::time::Instant::now();
     for index in 0..cases {
