@@ -112,7 +112,10 @@ fn apply(mutations: &[Mutation], base: &GgufFile) -> GgufEdit {
             Mutation::AddLayerTensor { layer } => {
                 for t in base.tensors().iter().filter(|t| t.name.starts_with("blk.0.")) {
                     let name = t.name.replacen("blk.0.", &format!("blk.{layer}."), 1);
-                    edit.add_tensors.push((name, t.name.clone(), t.dims.clone()));
+                    // A case may add the same layer twice; a GGUF cannot hold two tensors of one name.
+                    if base.tensor(&name).is_none() && !edit.add_tensors.iter().any(|(n, _, _)| *n == name) {
+                        edit.add_tensors.push((name, t.name.clone(), t.dims.clone()));
+                    }
                 }
             }
         }
