@@ -71,7 +71,10 @@ impl Dirs {
         let launch = DaemonLaunch {
             program: BIN.into(),
             // A context longer than the tiny model's own, so that a chat reply can stream for a while.
-            args: ["serve", "--spawned", "--threads", "1", "--ctx-size", "8192"].iter().map(Into::into).collect(),
+            args: ["serve", "--spawned", "--threads", "1", "--ctx-size", "8192", "--force-context"]
+                .iter()
+                .map(Into::into)
+                .collect(),
             envs: self.envs(),
         };
         DaemonSession::new(self.paths(), kind, Some(launch))
