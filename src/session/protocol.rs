@@ -15,7 +15,7 @@ use super::{Notice, SessionRequest};
 use crate::engine::{AdapterInfo, EngineError, EngineState, GenerationEvent, ModelInfo, TokenId};
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame either side accepts (a prompt of a whole context is far smaller).
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
@@ -43,6 +43,8 @@ pub enum ClientKind {
     Tui,
     /// A language server (`phi-tui lsp`) serving an editor.
     Editor,
+    /// A connection to the daemon's HTTP front-end (llama.vscode, llama.vim, Continue, an OpenAI client…).
+    Http,
     /// A look at the daemon (`phi-tui status`), not a user of the model.
     Probe,
 }
@@ -52,6 +54,7 @@ impl ClientKind {
         match self {
             Self::Tui => "tui",
             Self::Editor => "editor",
+            Self::Http => "http",
             Self::Probe => "probe",
         }
     }
@@ -134,6 +137,9 @@ pub struct DaemonStatus {
     pub pid: u32,
     pub version: String,
     pub socket: PathBuf,
+    /// The address of the HTTP front-end, when the daemon has one.
+    #[serde(default)]
+    pub http: Option<String>,
     pub uptime_s: f64,
     pub engine: EngineState,
     /// Models loaded since the daemon started.
@@ -155,6 +161,9 @@ pub struct ClientStatus {
     pub id: u64,
     pub kind: ClientKind,
     pub pid: u32,
+    /// Where an HTTP client connects from (it has no pid the daemon knows).
+    #[serde(default)]
+    pub peer: Option<String>,
     pub sequence: u32,
     pub connected_s: f64,
     pub requests: u64,
@@ -166,19 +175,26 @@ pub struct ClientStatus {
 }
 
 impl DaemonStatus {
-    /// One line for the TUI: the editors it shares the session with, e.g. `2 editors · 143 completions · p50 18 ms`.
+    /// One line for the TUI: the editors and HTTP clients it shares the session with, e.g. `2 editors · 143
+    /// completions · p50 18 ms` or `1 editor + 2 HTTP clients · 150 completions · p50 20 ms`.
     pub fn editor_activity(&self) -> Option<String> {
-        let editors: Vec<&ClientStatus> = self.clients.iter().filter(|c| c.kind == ClientKind::Editor).collect();
+        let editors: Vec<&ClientStatus> =
+            self.clients.iter().filter(|c| matches!(c.kind, ClientKind::Editor | ClientKind::Http)).collect();
         if editors.is_empty() {
             return None;
         }
+        let count = |kind: ClientKind, one: &str, many: &str| {
+            let n = editors.iter().filter(|c| c.kind == kind).count();
+            (n > 0).then(|| format!("{n} {}", if n == 1 { one } else { many }))
+        };
+        let who: Vec<String> =
+            [count(ClientKind::Editor, "editor", "editors"), count(ClientKind::Http, "HTTP client", "HTTP clients")]
+                .into_iter()
+                .flatten()
+                .collect();
         let completions: u64 = editors.iter().map(|c| c.generations).sum();
-        let mut line = format!(
-            "{} editor{} · {completions} completion{}",
-            editors.len(),
-            if editors.len() == 1 { "" } else { "s" },
-            if completions == 1 { "" } else { "s" }
-        );
+        let mut line =
+            format!("{} · {completions} completion{}", who.join(" + "), if completions == 1 { "" } else { "s" });
         let p50s: Vec<f64> = editors.iter().filter_map(|c| c.p50_ms).collect();
         if !p50s.is_empty() {
             line.push_str(&format!(" · p50 {:.0} ms", median(p50s)));
