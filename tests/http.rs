@@ -42,11 +42,14 @@ struct Server {
 
 impl Server {
     fn start() -> Self {
+        Self::start_with(converted("tiny-phi", OutType::F16))
+    }
+
+    fn start_with(model: PathBuf) -> Self {
         let root = tempfile::tempdir().unwrap();
         for dir in ["data", "config"] {
             std::fs::create_dir_all(root.path().join(dir)).unwrap();
         }
-        let model = converted("tiny-phi", OutType::F16);
         let command = |args: &[&str]| {
             let mut command = Command::new(BIN);
             command.args(args).envs(envs(root.path()));
@@ -137,6 +140,11 @@ impl Server {
 
     /// `phi-tui generate` on the same model, greedy: the reference every endpoint must match.
     fn generate(&self, prompt: &str, stops: &[&str]) -> String {
+        self.generate_json(prompt, stops)["text"].as_str().unwrap().to_owned()
+    }
+
+    /// `generate --json`: the text, and the prompt's tokens.
+    fn generate_json(&self, prompt: &str, stops: &[&str]) -> Value {
         let mut command = self.command(&["generate", "--threads", "1", "--json", "-n", &N_PREDICT.to_string(), "-m"]);
         command.arg(&self.model).arg("-p").arg(prompt);
         for stop in stops {
@@ -144,8 +152,7 @@ impl Server {
         }
         let output = command.output().unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let json: Value = serde_json::from_slice(&output.stdout).unwrap();
-        json["text"].as_str().unwrap().to_owned()
+        serde_json::from_slice(&output.stdout).unwrap()
     }
 
     fn wait_until(&self, what: &str, check: impl Fn(&DaemonStatus) -> bool) -> DaemonStatus {
@@ -374,6 +381,42 @@ fn openai_endpoints_match_generate() {
     assert_eq!(adapters, json!([]));
     let reply = server.post("/lora-adapters", &json!([{"id": 3, "scale": 1.0}]));
     assert_eq!((reply.status, reply.json()["error"]["param"].as_str()), (400, Some("[0].id")));
+}
+
+#[test]
+fn a_model_with_a_chat_template_is_prompted_with_it() {
+    // The tiny fixture with a ChatML template added to its tokenizer config, converted: its GGUF carries it.
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("tiny-phi-chatml");
+    std::fs::create_dir(&checkpoint).unwrap();
+    for entry in std::fs::read_dir(common::fixtures().join("tiny-phi")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, checkpoint.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let config_path = checkpoint.join("tokenizer_config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["chat_template"] = json!(
+        "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    );
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let model = dir.path().join("chatml.gguf");
+    let options = phi_converters::ConvertOptions { out_type: OutType::F16, tokenizer: None, fallback_tokenizer: None };
+    phi_converters::convert(&checkpoint, &model, &options, &mut |_| {}).unwrap();
+
+    let server = Server::start_with(model);
+    let question = "Write a function that adds two numbers.";
+    let expected =
+        server.generate_json(&format!("<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"), &[]);
+    let request = json!({"messages": [{"role": "user", "content": question}], "max_tokens": N_PREDICT});
+    let body = server.post("/v1/chat/completions", &request).json();
+    assert_eq!(body["choices"][0]["message"]["content"], expected["text"], "{body:#}");
+    // The prompt was the template's, token for token.
+    assert_eq!(
+        body["usage"]["prompt_tokens"].as_u64(),
+        Some(expected["prompt_tokens"].as_array().unwrap().len() as u64)
+    );
 }
 
 #[test]

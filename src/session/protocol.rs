@@ -271,3 +271,50 @@ pub fn version_mismatch(daemon_protocol: u32, daemon_version: &str) -> String {
         env!("CARGO_PKG_VERSION")
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineState;
+
+    fn client(kind: ClientKind, generations: u64, p50_ms: Option<f64>) -> ClientStatus {
+        ClientStatus {
+            id: 1,
+            kind,
+            pid: 0,
+            peer: None,
+            sequence: 0,
+            connected_s: 1.0,
+            requests: generations,
+            generations,
+            p50_ms,
+            p95_ms: p50_ms,
+        }
+    }
+
+    #[test]
+    fn the_activity_line_counts_editors_and_http_clients() {
+        let mut status = DaemonStatus {
+            pid: 1,
+            version: "0".into(),
+            socket: PathBuf::from("/s"),
+            http: None,
+            uptime_s: 1.0,
+            engine: EngineState::default(),
+            model_loads: 1,
+            generations: 0,
+            cancelled: 0,
+            tokens_generated: 0,
+            prompt_tokens_decoded: 0,
+            memory_pss_bytes: None,
+            clients: vec![client(ClientKind::Tui, 5, Some(1.0))],
+            refused: 0,
+        };
+        assert_eq!(status.editor_activity(), None, "the TUI itself is not shown");
+        status.clients.push(client(ClientKind::Http, 2, Some(30.0)));
+        assert_eq!(status.editor_activity().as_deref(), Some("1 HTTP client · 2 completions · p50 30 ms"));
+        status.clients.push(client(ClientKind::Editor, 1, Some(10.0)));
+        status.clients.push(client(ClientKind::Editor, 0, None));
+        assert_eq!(status.editor_activity().as_deref(), Some("2 editors + 1 HTTP client · 3 completions · p50 30 ms"));
+    }
+}

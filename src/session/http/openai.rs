@@ -123,8 +123,9 @@ pub(super) async fn completions(
     Ok(Json(reply.complete(&summary)).into_response())
 }
 
-/// `POST /v1/chat/completions`: the conversation in phi-1's Question/Answer layout (system messages first, as
-/// plain text), answered until the model starts the next question.
+/// `POST /v1/chat/completions`: the conversation in the model's chat template where its GGUF has one, else in
+/// phi-1's Question/Answer layout (system messages first, as plain text), answered until the model starts the next
+/// question.
 pub(super) async fn chat_completions(
     _: Authorized,
     State(state): State<Arc<HttpState>>,
@@ -140,11 +141,27 @@ pub(super) async fn chat_completions(
     let max_tokens = max_tokens(request.max_completion_tokens.or(request.max_tokens));
     let context = model.context_size as usize;
     let budget = context.saturating_sub((max_tokens as usize).min(context / 4)) * CHAT_CHARS_PER_TOKEN;
-    let prompt = chat_layout(&request.messages, budget)?;
+    // The model's own chat template where its GGUF has one that llama.cpp knows; else phi-1's layout and stops.
+    let templated = match model.has_chat_template {
+        true => {
+            let messages = request
+                .messages
+                .iter()
+                .enumerate()
+                .map(|(index, message)| Ok((message.role.clone(), message_text(message, index)?)))
+                .collect::<Result<Vec<_>, ApiError>>()?;
+            state.daemon.engine().apply_chat_template(messages).await.map_err(ApiError::engine)?
+        }
+        false => None,
+    };
+    let (prompt, mut stops) = match templated {
+        Some(prompt) => (prompt, Vec::new()),
+        None => (chat_layout(&request.messages, budget)?, chat_stops()),
+    };
+    stops.extend(sampling.stop_strings());
     let mut session_request = SessionRequest::new(Prompt::Text(prompt));
     session_request.sampling = sampling.params();
-    session_request.stop_strings = chat_stops();
-    session_request.stop_strings.extend(sampling.stop_strings());
+    session_request.stop_strings = stops;
     session_request.max_tokens = max_tokens;
     session_request.priority = Priority::Chat;
     let reply = Reply {
