@@ -1,11 +1,14 @@
 //! The session daemon (`phi-tui serve`): one engine, one loaded model and adapter, one KV pool, shared by every
-//! client that connects to its socket.
+//! client that connects to its socket (or to its HTTP front-end, [`super::http`]).
 //!
 //! Each client gets a sequence of its own (its KV cache, so its prompt prefix stays cached between its requests)
 //! and a [`LocalSession`] on it; the daemon is that session behind a socket. Calls run as tasks, so a connection
 //! keeps reading (a `Cancel`, say) while a generation streams. A client that disconnects cancels its generations
 //! and gives its sequence back. The daemon exits on SIGTERM/SIGINT, after an idle timeout with no clients, or when
 //! its socket is removed from under it.
+//!
+//! Both front-ends attach their clients with [`Daemon::attach`] and generate through [`Client::generate`], so the
+//! records, counters and sequence pool are one.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
