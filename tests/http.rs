@@ -381,6 +381,19 @@ fn openai_endpoints_match_generate() {
     assert_eq!(adapters, json!([]));
     let reply = server.post("/lora-adapters", &json!([{"id": 3, "scale": 1.0}]));
     assert_eq!((reply.status, reply.json()["error"]["param"].as_str()), (400, Some("[0].id")));
+    // Applying one (phi-tui's `path`), rescaling it by id and switching it off (scale 0) change the session's.
+    let adapter = common::fixtures().join("lora/final-adapter.gguf");
+    assert_eq!(
+        server.post("/lora-adapters", &json!([{"path": adapter, "scale": 0.5}])).json(),
+        json!({"success": true})
+    );
+    let listed = server.request("GET", "/lora-adapters", Some(&server.token), b"").json();
+    assert_eq!(listed, json!([{"id": 0, "path": adapter, "scale": 0.5}]));
+    assert_eq!(server.status().engine.adapter.map(|a| a.scale), Some(0.5));
+    assert_eq!(server.post("/lora-adapters", &json!([{"id": 0, "scale": 0.0}])).status, 200);
+    assert_eq!(server.status().engine.adapter, None);
+    let listed = server.request("GET", "/lora-adapters", Some(&server.token), b"").json();
+    assert_eq!(listed, json!([{"id": 0, "path": adapter, "scale": 0.0}]), "switched off, still listed");
 }
 
 #[test]
