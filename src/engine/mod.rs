@@ -471,6 +471,13 @@ impl Engine {
         self.call(|reply| worker::Command::Detokenize { tokens: tokens.to_vec(), reply }).await?
     }
 
+    /// A conversation of `(role, content)` messages laid out by the model's chat template (llama.cpp's template
+    /// engine), ending where the assistant's answer starts. `None` when the model has no chat template (phi-1's GGUF
+    /// has none) or one that llama.cpp does not know: the caller lays the conversation out itself.
+    pub async fn apply_chat_template(&self, messages: Vec<(String, String)>) -> Result<Option<String>> {
+        self.call(|reply| worker::Command::ApplyChatTemplate { messages, reply }).await?
+    }
+
     /// Loads (once per path) and applies a LoRA adapter at `scale`, replacing any other. Cached sequences are
     /// cleared: their keys and values were computed with other weights.
     pub async fn set_adapter(&self, path: &Path, scale: f32) -> Result<AdapterInfo> {

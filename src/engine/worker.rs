@@ -12,7 +12,7 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::{LlamaLoraAdapter, LlamaModel};
+use llama_cpp_2::model::{LlamaChatMessage, LlamaLoraAdapter, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::{DecodeError, LlamaBackendDeviceType, LogOptions};
@@ -30,6 +30,7 @@ pub(super) enum Command {
     LoadModel { path: PathBuf, progress: Option<LoadProgress>, reply: oneshot::Sender<Result<ModelInfo>> },
     Tokenize { text: String, parse_special: bool, reply: oneshot::Sender<Result<Vec<TokenId>>> },
     Detokenize { tokens: Vec<TokenId>, reply: oneshot::Sender<Result<String>> },
+    ApplyChatTemplate { messages: Vec<(String, String)>, reply: oneshot::Sender<Result<Option<String>>> },
     SetAdapter { path: PathBuf, scale: f32, reply: oneshot::Sender<Result<AdapterInfo>> },
     RemoveAdapter { reply: oneshot::Sender<Result<()>> },
     State { reply: oneshot::Sender<EngineState> },
@@ -313,6 +314,7 @@ impl Worker {
                 }
                 Command::Tokenize { reply, .. } => reply_no_model(reply),
                 Command::Detokenize { reply, .. } => reply_no_model(reply),
+                Command::ApplyChatTemplate { reply, .. } => reply_no_model(reply),
                 Command::SetAdapter { reply, .. } => reply_no_model(reply),
                 Command::RemoveAdapter { reply } => reply_no_model(reply),
                 Command::ClearSequence { reply, .. } => reply_no_model(reply),
@@ -391,6 +393,9 @@ impl Worker {
             }
             Command::Detokenize { tokens, reply } => {
                 let _ = reply.send(detokenize(session.model, session.info, &tokens));
+            }
+            Command::ApplyChatTemplate { messages, reply } => {
+                let _ = reply.send(Ok(apply_chat_template(session.model, &messages)));
             }
             Command::SetAdapter { path, scale, reply } => return self.set_adapter(session, path, scale, reply),
             Command::RemoveAdapter { reply } => {
@@ -820,6 +825,24 @@ fn detokenize(model: &LlamaModel, info: &ModelInfo, tokens: &[TokenId]) -> Resul
         bytes.extend(model.vocab().token_to_piece(LlamaToken(token), true, None));
     }
     Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// `messages` (role, content) laid out by the model's own chat template, ending where the assistant's answer
+/// starts; `None` when the model has no template, or one that llama.cpp's template engine does not know.
+fn apply_chat_template(model: &LlamaModel, messages: &[(String, String)]) -> Option<String> {
+    let template = model.chat_template(None).ok()?;
+    // A NUL cannot cross into C; it has no business in a chat message anyway.
+    let chat: Vec<LlamaChatMessage> = messages
+        .iter()
+        .filter_map(|(role, content)| LlamaChatMessage::new(role.replace('\0', ""), content.replace('\0', "")).ok())
+        .collect();
+    match model.apply_chat_template(&template, &chat, true) {
+        Ok(prompt) => Some(prompt),
+        Err(error) => {
+            tracing::warn!(%error, "the model's chat template cannot be applied; using the plain layout");
+            None
+        }
+    }
 }
 
 /// Everything that can be known about a load before llama.cpp starts it: the file (see `validate::model_file`) and
