@@ -37,8 +37,9 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn data_dir() -> std::path::PathBuf {
-    eval::default_data_dir()
+/// The benchmarks built into phi-tui (no source tree needed at run time).
+fn data_dir() -> eval::BenchmarkData {
+    eval::BenchmarkData::Bundled
 }
 
 fn limits() -> SandboxLimits {
@@ -421,7 +422,7 @@ fn eval_reports_missing_and_corrupt_data_and_a_missing_python() {
     let output = phi_tui(&["eval", "humaneval", "--data", data, "--completions", "/dev/null"]);
     assert!(text(&output.stderr).contains("HumanEval.jsonl.gz: not a valid gzip file"), "{}", text(&output.stderr));
 
-    let good = std::fs::read_to_string(data_dir().join("mbpp.jsonl")).unwrap();
+    let good = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/eval/mbpp.jsonl")).unwrap();
     let mut lines: Vec<&str> = good.lines().collect();
     lines[6] = "{\"task_id\": 7, \"text\": \"truncated";
     std::fs::write(dir.path().join("mbpp.jsonl"), lines.join("\n")).unwrap();
