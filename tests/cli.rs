@@ -449,3 +449,49 @@ fn generate_and_bench_check_their_sizes_up_front() {
     let result = phi_tui(&["generate", "-m", model, "-p", "def f():", "-n", "2", "-c", "4096", "--force-context"]);
     assert!(result.status.success(), "{}", stderr(&result));
 }
+
+/// An error line says each thing once: no `reason: reason` from an error that prints its source and also chains it.
+#[test]
+fn errors_name_their_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let missing = missing.to_str().unwrap();
+    let not_gguf = dir.path().join("bad.gguf");
+    std::fs::write(&not_gguf, b"x").unwrap();
+    let cases: [&[&str]; 5] = [
+        &["convert", missing, "-o", "/tmp/never-written.gguf"],
+        &["generate", "-m", not_gguf.to_str().unwrap(), "-p", "x"],
+        &["finetune", "--base", missing, "--data", missing, "-o", "/tmp/never-written.gguf"],
+        &["eval", "mbpp", "--data", missing, "--completions", "/dev/null"],
+        &["eval", "humaneval", "--completions", missing],
+    ];
+    for args in cases {
+        let result = phi_tui(args);
+        assert!(!result.status.success(), "{args:?}");
+        let error = stderr(&result);
+        let line = error.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("{args:?}: {error}"));
+        let parts: Vec<&str> = line.split(": ").map(str::trim).filter(|p| p.len() > 3).collect();
+        for (i, part) in parts.iter().enumerate() {
+            assert!(!parts[i + 1..].contains(part), "{args:?}: `{part}` repeats in {line}");
+        }
+    }
+}
+
+/// `phi-tui serve -m` with a model that cannot load stops with the error instead of serving nothing.
+#[test]
+fn serve_stops_when_its_model_cannot_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let result = Command::new(env!("CARGO_BIN_EXE_phi-tui"))
+        .args(["serve", "--threads", "1", "-m"])
+        .arg(dir.path().join("missing.gguf"))
+        .env("PHI_TUI_RUNTIME_DIR", dir.path().join("run"))
+        .env("PHI_TUI_DATA_DIR", dir.path())
+        .env("PHI_TUI_CONFIG_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(!result.status.success());
+    assert!(stderr(&result).contains("missing.gguf: no such file"), "{}", stderr(&result));
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert!(!dir.path().join("run/daemon.sock").exists(), "the socket is removed");
+}

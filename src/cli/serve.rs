@@ -94,8 +94,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let mut engine = args.runtime.engine_options(args.max_clients)?;
     engine.kv_cache = KvCacheLayout::Shared(args.kv_tokens);
-    let options =
-        DaemonOptions { engine, model, idle_timeout: (idle_timeout > 0).then(|| Duration::from_secs(idle_timeout)) };
+    let options = DaemonOptions {
+        engine,
+        model,
+        model_required: !args.spawned,
+        idle_timeout: (idle_timeout > 0).then(|| Duration::from_secs(idle_timeout)),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         let listening = match Listening::bind(&paths) {

@@ -59,6 +59,9 @@ pub struct DaemonOptions {
     pub engine: EngineOptions,
     /// A model to load at start.
     pub model: Option<PathBuf>,
+    /// Whether a failure to load `model` stops the daemon with that error (a model named by hand on `phi-tui
+    /// serve`), rather than only being logged (a daemon a client started, which reports to that client).
+    pub model_required: bool,
     /// Exit after this long without clients; `None`: never.
     pub idle_timeout: Option<Duration>,
 }
@@ -124,14 +127,23 @@ pub async fn run(mut listening: Listening, options: DaemonOptions) -> Result<(),
     if let Some(http) = listening.http.take() {
         tokio::spawn(http::serve(http, Arc::clone(&daemon)));
     }
+    // The model loads while clients connect; a required one that fails ends the daemon below.
+    let (load_failed, mut load_failure) = tokio::sync::mpsc::channel::<EngineError>(1);
     if let Some(model) = options.model.clone() {
         let daemon = Arc::clone(&daemon);
+        let required = options.model_required;
         tokio::spawn(async move {
             if let Err(error) = daemon.attach_model(model.clone(), None).await {
                 tracing::error!(%error, model = %model.display(), "could not load the model");
+                if required {
+                    let _ = load_failed.send(error).await;
+                }
             }
         });
+    } else {
+        drop(load_failed);
     }
+    let mut failure = None;
 
     let mut terminate = signal(tokio::signal::unix::SignalKind::terminate());
     let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt());
@@ -146,6 +158,10 @@ pub async fn run(mut listening: Listening, options: DaemonOptions) -> Result<(),
             },
             _ = recv(&mut terminate) => break "SIGTERM",
             _ = recv(&mut interrupt) => break "SIGINT",
+            Some(error) = load_failure.recv() => {
+                failure = Some(error);
+                break "its model could not be loaded";
+            }
             _ = housekeeping.tick() => {
                 if !listening.socket_is_ours() {
                     break "its socket was removed or replaced";
@@ -163,7 +179,7 @@ pub async fn run(mut listening: Listening, options: DaemonOptions) -> Result<(),
         let _ = std::fs::remove_file(&listening.paths.socket);
         let _ = std::fs::remove_file(&listening.paths.pid);
     }
-    Ok(())
+    failure.map_or(Ok(()), |error| Err(DaemonError::Engine(error)))
 }
 
 fn signal(kind: tokio::signal::unix::SignalKind) -> Option<tokio::signal::unix::Signal> {
