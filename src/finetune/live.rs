@@ -415,3 +415,45 @@ pub fn resolve_adapter(data_dir: &Path, given: &Path) -> PathBuf {
         _ => given.to_path_buf(),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn the_gate_waits_while_busy_or_paused_and_stops_when_told() {
+        let busy = Arc::new(AtomicBool::new(true));
+        let flag = Arc::clone(&busy);
+        let control = Arc::new(LiveControl::new(move || flag.load(Ordering::SeqCst)));
+        let gate = Arc::clone(&control);
+        let waiting = std::thread::spawn(move || gate.proceed());
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!waiting.is_finished(), "training waits while a request runs");
+        busy.store(false, Ordering::SeqCst);
+        assert!(waiting.join().unwrap(), "and goes on when it is done");
+
+        assert!(control.toggle_pause());
+        let gate = Arc::clone(&control);
+        let waiting = std::thread::spawn(move || gate.proceed());
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!waiting.is_finished(), "a paused run waits");
+        control.stop();
+        assert!(!waiting.join().unwrap(), "stop ends the wait and the run");
+    }
+
+    #[test]
+    fn runs_are_named_after_their_data_and_found_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(name_for_data(Path::new("/src/my repo")), "my-repo");
+        assert_eq!(name_for_data(Path::new("/src/train.jsonl")), "train");
+        let path = adapter_path(dir.path(), "myrepo");
+        assert_eq!(resolve_adapter(dir.path(), Path::new("myrepo")), PathBuf::from("myrepo"), "not there yet");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"gguf").unwrap();
+        assert_eq!(resolve_adapter(dir.path(), Path::new("myrepo")), path);
+        assert_eq!(resolve_adapter(dir.path(), Path::new("./x.gguf")), PathBuf::from("./x.gguf"));
+    }
+}
