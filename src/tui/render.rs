@@ -665,7 +665,7 @@ fn short_description(command: Command) -> &'static str {
         Command::ToggleMouse => "mouse on/off",
         Command::LoadModel => "load model",
         Command::LoadAdapter => "LoRA adapter",
-        Command::Finetune => "fine-tune (:finetune)",
+        Command::Finetune => "fine-tune",
         Command::ToggleAdapter => "base ⇄ adapter",
         Command::Help => "this help",
     }
