@@ -512,7 +512,10 @@ async fn completions_are_answered_while_live_training_pushes_its_adapters() {
         during_p50 / idle_p50
     );
     // Loose, for a loaded CI machine; the figure above is what to read.
-    assert!(during_p50 <= 4.0 * idle_p50 + 50.0, "training starves completions: {during_p50:.1} ms vs {idle_p50:.1} ms idle");
+    assert!(
+        during_p50 <= 4.0 * idle_p50 + 50.0,
+        "training starves completions: {during_p50:.1} ms vs {idle_p50:.1} ms idle"
+    );
 }
 
 /// Benchmark, not a test (`cargo test --release --test daemon socket_hop -- --ignored --nocapture`, or

@@ -428,9 +428,8 @@ fn a_stopped_live_run_keeps_its_best_adapter_and_resumes_like_an_uninterrupted_o
     assert_eq!(settings().name, "finetune-py");
     let never_busy = || LiveControl::new(|| false);
     let read_adapter = |path: &Path| finetune::read_adapter_gguf(path).unwrap();
-    let step_in_file = |path: &Path| {
-        GgufFile::open(path).unwrap().get_u32(phi_tui::engine::TRAINING_STEP_KEY).map(u64::from)
-    };
+    let step_in_file =
+        |path: &Path| GgufFile::open(path).unwrap().get_u32(phi_tui::engine::TRAINING_STEP_KEY).map(u64::from);
 
     // Straight through, in its own data directory: every improved adapter as it was written.
     let straight_dir = tempfile::tempdir().unwrap();

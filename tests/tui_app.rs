@@ -535,7 +535,10 @@ fn the_finetune_screen_prepares_starts_and_applies_each_improved_adapter() {
     }
     type_text(&mut app, "40");
     let spec = FinetuneSpec { data: "/src/myrepo".into(), rank: 8, steps: 40, lr: 2e-4, batch: 4, seq_len: 256 };
-    assert_eq!(app.update(key(KeyCode::Enter)), vec![Effect::FinetunePrepare { spec, model }]);
+    assert_eq!(
+        app.update(key(KeyCode::Enter)),
+        vec![Effect::FinetunePrepare { spec, model: model.clone(), conversation: vec![] }]
+    );
     let summary = DataSummary {
         train_sequences: 90,
         validation_sequences: 10,
@@ -579,4 +582,22 @@ fn the_finetune_screen_prepares_starts_and_applies_each_improved_adapter() {
     app.update(key(KeyCode::F(7)));
     assert!(app.finetune_open);
     assert_eq!(app.update(key(KeyCode::Char('s'))), vec![Effect::FinetuneStop]);
+}
+
+/// `:conversation` as the data trains on the code of the conversation's finished replies.
+#[test]
+fn the_conversations_code_can_be_the_training_data() {
+    let mut app = ready_app();
+    let model = app.model_info().unwrap().path.clone();
+    type_text(&mut app, ":finetune :conversation");
+    app.update(key(KeyCode::Enter));
+    assert!(app.update(key(KeyCode::Enter)).is_empty(), "no replies yet: nothing to train on");
+    assert!(app.notice.as_ref().unwrap().text.contains("no code to train on"));
+    app.update(key(KeyCode::Esc));
+    exchange(&mut app, "def add(a, b):", "\n    return a + b");
+    app.update(key(KeyCode::F(7)));
+    let effects = app.update(key(KeyCode::Enter));
+    let [Effect::FinetunePrepare { spec, model: used, conversation }] = &effects[..] else { panic!("{effects:?}") };
+    assert_eq!((spec.data.to_str(), used), (Some(":conversation"), &model));
+    assert_eq!(conversation, &vec!["def add(a, b):\n    return a + b".to_owned()]);
 }

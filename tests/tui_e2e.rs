@@ -523,12 +523,11 @@ fn the_finetune_screen_trains_an_adapter_that_the_session_and_an_editor_use() {
     let adapter = dirs.data.join("adapters/finetune-py/finetune-py.gguf");
     assert!(adapter.is_file());
     let provenance: Value =
-        serde_json::from_slice(&std::fs::read(dirs.data.join("adapters/finetune-py/provenance.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(dirs.data.join("adapters/finetune-py/provenance.json")).unwrap())
+            .unwrap();
     assert_eq!(provenance["state"], "finished", "{provenance:#}");
     let step = provenance["adapter_step"].as_u64().unwrap();
-    tmux.wait_for("the adapter in the status line", |s| {
-        s.contains(&format!("LoRA finetune-py.gguf @ step {step} ×1"))
-    });
+    tmux.wait_for("the adapter in the status line", |s| s.contains(&format!("LoRA finetune-py.gguf @ step {step} ×1")));
 
     // An editor on the same session completes with the adapter.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -567,7 +566,8 @@ fn the_finetune_screen_trains_an_adapter_that_the_session_and_an_editor_use() {
         if let Some(lora) = lora {
             command.arg("--lora").arg(lora);
         }
-        let output = command.env("PHI_TUI_DATA_DIR", &dirs.data).env("PHI_TUI_CONFIG_DIR", &dirs.config).output().unwrap();
+        let output =
+            command.env("PHI_TUI_DATA_DIR", &dirs.data).env("PHI_TUI_CONFIG_DIR", &dirs.config).output().unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         let json: Value = serde_json::from_slice(&output.stdout).unwrap();
         json["text"].as_str().unwrap().to_owned()
@@ -575,7 +575,10 @@ fn the_finetune_screen_trains_an_adapter_that_the_session_and_an_editor_use() {
     let with_adapter = generate(Some(&adapter));
     let base = generate(None);
     eprintln!("editor: {suggestion:?}\nwith the adapter: {with_adapter:?}\nbase: {base:?}");
-    assert!(with_adapter.starts_with(suggestion.trim_end()), "editor {suggestion:?} vs generate --lora {with_adapter:?}");
+    assert!(
+        with_adapter.starts_with(suggestion.trim_end()),
+        "editor {suggestion:?} vs generate --lora {with_adapter:?}"
+    );
     assert!(!base.starts_with(suggestion.trim_end()), "the base model says the same: {base:?}");
     tmux.quit();
 }

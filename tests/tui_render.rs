@@ -88,7 +88,11 @@ fn status_line_names_the_gpu_the_model_runs_on() {
 #[test]
 fn conversation_with_code_and_chat_replies() {
     let mut app = conversation();
-    app.update(Action::AdapterChanged(Ok(Some(AdapterInfo { path: PathBuf::from("/a/style.gguf"), scale: 0.5, step: None }))));
+    app.update(Action::AdapterChanged(Ok(Some(AdapterInfo {
+        path: PathBuf::from("/a/style.gguf"),
+        scale: 0.5,
+        step: None,
+    }))));
     app.notice = None;
     let screen = screen(&mut app);
     assert!(screen.contains("[2] python"), "{screen}");

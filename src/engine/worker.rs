@@ -835,6 +835,10 @@ fn default_threads() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
+fn adapter_info(facts: &AdapterFacts, scale: f32) -> AdapterInfo {
+    AdapterInfo { path: facts.path.clone(), scale, step: facts.step }
+}
+
 #[cfg(test)]
 mod tests {
     use super::argmax;
@@ -845,8 +849,4 @@ mod tests {
         assert_eq!(argmax(&[3.0]), 0);
         assert_eq!(argmax(&[f32::NEG_INFINITY, -1e30, -1e30]), 1);
     }
-}
-
-fn adapter_info(facts: &AdapterFacts, scale: f32) -> AdapterInfo {
-    AdapterInfo { path: facts.path.clone(), scale, step: facts.step }
 }

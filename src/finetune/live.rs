@@ -167,7 +167,11 @@ pub struct Prepared {
 pub enum LiveEvent {
     Train(TrainEvent),
     /// A better adapter is on disk at `path`: apply it.
-    AdapterWritten { step: u64, validation_loss: Option<f64>, path: PathBuf },
+    AdapterWritten {
+        step: u64,
+        validation_loss: Option<f64>,
+        path: PathBuf,
+    },
 }
 
 /// How a live run ended.

@@ -14,6 +14,9 @@ use crate::config::PromptMode;
 use crate::engine::{AdapterInfo, GenerationSummary, ModelInfo, StopReason};
 use crate::models::{self, PullEvent};
 
+/// The fine-tune screen's data that means "this conversation's code".
+pub const CONVERSATION_DATA: &str = ":conversation";
+
 /// Ticks (of [`TICK`]) between two saves of a reply that is still streaming.
 pub const SAVE_EVERY_TICKS: u32 = 4;
 /// The event loop's tick.
@@ -219,6 +222,8 @@ pub enum Effect {
     FinetunePrepare {
         spec: FinetuneSpec,
         model: PathBuf,
+        /// With the data `:conversation`: the code blocks of this conversation's finished replies, to train on.
+        conversation: Vec<String>,
     },
     /// Start the prepared run (continuing its checkpoint with `resume`).
     FinetuneStart {
@@ -681,7 +686,23 @@ impl App {
                 vec![]
             }
             Some(FinetuneRequest::Prepare(spec)) => match self.model_info() {
-                Some(info) => vec![Effect::FinetunePrepare { spec, model: info.path.clone() }],
+                Some(info) => {
+                    let model = info.path.clone();
+                    let conversation = if spec.data.as_os_str() == CONVERSATION_DATA {
+                        let kept = self.kept_code();
+                        if kept.is_empty() {
+                            if let Some(view) = &mut self.finetune {
+                                view.phase = super::finetune::Phase::Setup;
+                            }
+                            self.error("no code to train on: this conversation has no finished reply with code");
+                            return Some(vec![]);
+                        }
+                        kept
+                    } else {
+                        Vec::new()
+                    };
+                    vec![Effect::FinetunePrepare { spec, model, conversation }]
+                }
                 None => {
                     if let Some(view) = &mut self.finetune {
                         view.phase = super::finetune::Phase::Setup;
@@ -702,6 +723,13 @@ impl App {
                 vec![Effect::FinetuneStop]
             }
         })
+    }
+
+    /// The code of the conversation's finished replies (cancelled and failed ones are not kept).
+    fn kept_code(&self) -> Vec<String> {
+        let finished =
+            self.session.messages.iter().filter(|m| m.role == Role::Assistant && m.status == MessageStatus::Complete);
+        finished.flat_map(|m| m.blocks.iter().map(|b| b.code.clone())).filter(|code| !code.trim().is_empty()).collect()
     }
 
     /// Base model ⇄ adapter: puts the adapter aside (or brings it back), to compare a reply with and without it.

@@ -123,7 +123,8 @@ impl FinetuneView {
         }
         let rank = text(1).parse().ok().filter(|&r| r > 0).ok_or("rank: a whole number, at least 1")?;
         let steps = text(2).parse().ok().filter(|&s| s > 0).ok_or("steps: a whole number, at least 1")?;
-        let lr = text(3).parse().ok().filter(|&lr: &f64| lr > 0.0 && lr.is_finite()).ok_or("learning rate: e.g. 2e-4")?;
+        let lr =
+            text(3).parse().ok().filter(|&lr: &f64| lr > 0.0 && lr.is_finite()).ok_or("learning rate: e.g. 2e-4")?;
         let batch = text(4).parse().ok().filter(|&b| b > 0).ok_or("batch: a whole number, at least 1")?;
         let seq_len = text(5).parse().ok().filter(|&n| n >= 2).ok_or("sequence length: tokens, at least 2")?;
         Ok(FinetuneSpec { data: PathBuf::from(data), rank, steps, lr, batch, seq_len })

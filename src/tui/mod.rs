@@ -376,7 +376,9 @@ impl EventLoop {
                     let _ = actions.send(Action::AdapterChanged(result));
                 });
             }
-            Effect::FinetunePrepare { spec, model } => self.finetune_prepare(spec, model, actions),
+            Effect::FinetunePrepare { spec, model, conversation } => {
+                self.finetune_prepare(spec, model, conversation, actions)
+            }
             Effect::FinetuneStart { resume } => self.finetune_start(resume, actions),
             Effect::FinetunePause => {
                 if let Some(control) = self.finetune.control.upgrade() {
@@ -400,17 +402,25 @@ impl EventLoop {
 }
 
 impl EventLoop {
-    fn finetune_prepare(&mut self, spec: finetune::FinetuneSpec, model: PathBuf, actions: mpsc::UnboundedSender<Action>) {
+    fn finetune_prepare(
+        &mut self,
+        mut spec: finetune::FinetuneSpec,
+        model: PathBuf,
+        conversation: Vec<String>,
+        actions: mpsc::UnboundedSender<Action>,
+    ) {
         let config = self.config.clone();
         let data_dir = self.data_dir.clone();
         let slot = Arc::clone(&self.finetune.prepared);
         let failed = actions.clone();
         let spawned = std::thread::Builder::new().name("phi-tui-finetune-prepare".to_owned()).spawn(move || {
             let prepare = || -> Result<crate::finetune::live::Prepared, String> {
+                if !conversation.is_empty() {
+                    spec.data = write_conversation_data(&data_dir, &conversation)?;
+                }
                 // Training reads the checkpoint the model was converted from, or the model itself if unquantized.
-                let base = models::resolve_checkpoint(Some(&model), &config)
-                    .map_err(|e| e.to_string())?
-                    .unwrap_or(model);
+                let base =
+                    models::resolve_checkpoint(Some(&model), &config).map_err(|e| e.to_string())?.unwrap_or(model);
                 let mut settings = crate::finetune::live::LiveSettings::new(base, spec.data);
                 settings.rank = spec.rank;
                 settings.alpha = 2.0 * spec.rank as f32;
@@ -637,6 +647,18 @@ fn spawn_session_model(session: &SharedSession, actions: mpsc::UnboundedSender<A
 }
 
 /// How often the TUI asks the shared session what its editors are doing.
+/// Writes the conversation's code as fine-tuning data (`{"text"}` JSONL) and returns its path; its run is called
+/// `conversation`.
+fn write_conversation_data(data_dir: &std::path::Path, code: &[String]) -> Result<PathBuf, String> {
+    let dir = data_dir.join("finetune-data");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = dir.join("conversation.jsonl");
+    let lines: Vec<String> = code.iter().map(|text| serde_json::json!({ "text": text }).to_string()).collect();
+    crate::files::write_atomically(&path, lines.join("\n").as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
 /// Tells the app which fine-tuned adapters the data directory keeps (for F6).
 fn send_finetuned(data_dir: &std::path::Path, actions: &mpsc::UnboundedSender<Action>) {
     let names = crate::finetune::live::list_runs(data_dir).into_iter().map(|(name, _)| name).collect();

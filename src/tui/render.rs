@@ -854,7 +854,15 @@ fn render_finetune(app: &App, view: &FinetuneView, frame: &mut Frame, area: Rect
         );
     }
     match &view.phase {
-        Phase::Setup => say("Enter: count the tokens and time a step · Tab/↑↓: next field".to_owned(), key_style),
+        Phase::Setup => {
+            say(
+                "data: a directory of Python files (.gitignore respected), a .py file, a JSONL file, or :conversation \
+                 (the code of this conversation's replies)"
+                    .to_owned(),
+                DIM,
+            );
+            say("Enter: count the tokens and time a step · Tab/↑↓: next field".to_owned(), key_style);
+        }
         Phase::Checking => say("loading the base model and the data, timing a step…".to_owned(), key_style),
         Phase::Ready(run) if run.resumable => say(
             format!("adapters/{0}/: a checkpoint of this run exists · Enter resumes it · Ctrl-N starts over", run.name),
@@ -899,8 +907,7 @@ fn render_finetune(app: &App, view: &FinetuneView, frame: &mut Frame, area: Rect
     let wrapped: Vec<Line<'static>> =
         lines.into_iter().flat_map(|l| wrap_spans(l.spans, width, &[], &[Span::raw("  ")])).collect();
     let text_rows = (wrapped.len() as u16).min(inner.height);
-    let [text_area, chart_area] =
-        Layout::vertical([Constraint::Length(text_rows), Constraint::Min(0)]).areas(inner);
+    let [text_area, chart_area] = Layout::vertical([Constraint::Length(text_rows), Constraint::Min(0)]).areas(inner);
     frame.render_widget(Paragraph::new(wrapped), text_area);
     if chart_area.height >= 4 && !view.losses.is_empty() {
         render_loss_chart(view, frame, chart_area);
