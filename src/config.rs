@@ -11,6 +11,7 @@
 //! temperature = 0.0                   # 0 = greedy
 //! mouse = true                        # capture the mouse (wheel scrolling); F2 toggles it at run time
 //! theme = "base16-ocean.dark"         # syntax-highlighting theme
+//! http = "127.0.0.1:8012"             # the session daemon's HTTP endpoints (`phi-tui serve --http`)
 //!
 //! [keys]                              # any command from the help screen (F1): one key or a list
 //! send = "enter"
@@ -107,6 +108,9 @@ pub struct Config {
     pub theme: String,
     /// Key bindings: command name → keys. Commands not named keep their defaults.
     pub keys: BTreeMap<String, KeyList>,
+    /// `HOST:PORT` where the session daemon also serves llama-server- and OpenAI-compatible HTTP endpoints
+    /// (`phi-tui serve --http`), whoever starts it.
+    pub http: Option<String>,
 }
 
 impl Default for Config {
@@ -121,6 +125,7 @@ impl Default for Config {
             mouse: true,
             theme: "base16-ocean.dark".to_owned(),
             keys: BTreeMap::new(),
+            http: None,
         }
     }
 }

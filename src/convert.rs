@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use phi_converters::{
-    ConvertError, ConvertOptions, ConvertProgress, ConvertSummary, OutType, SourceDtype, TokenizerSource,
+    ConvertError, ConvertOptions, ConvertProgress, ConvertSummary, OutType, SourceDtype, TemporaryPath, TokenizerSource,
 };
 
 use crate::engine::QuantizeError;
@@ -40,7 +40,8 @@ pub struct CheckpointConversion {
 }
 
 /// Converts the checkpoint directory `input` to `output`. The output appears only when complete, and whatever
-/// happens, no intermediate file is left behind. A checkpoint without a tokenizer gets phi-1's bundled one.
+/// happens, no intermediate file is left behind. A checkpoint without a tokenizer gets phi-1's bundled one. An
+/// unusable output (a device, a directory, a file of the checkpoint itself) is refused before anything is written.
 pub fn convert_checkpoint(
     input: &Path,
     output: &Path,
@@ -55,6 +56,7 @@ pub fn convert_checkpoint(
             tokenizer_config_json: crate::bundled::TOKENIZER_CONFIG_JSON,
         }),
     };
+    phi_converters::check_output(input, output, &options)?;
     let mut on_progress = |progress: &ConvertProgress| on_stage(ConvertStage::Converting(progress));
     if conversion.out_type.is_native() {
         return Ok(phi_converters::convert(input, output, &options, &mut on_progress)?);
@@ -62,30 +64,20 @@ pub fn convert_checkpoint(
     let info = phi_converters::inspect(input)?;
     // Quantizing from f16 loses nothing for f16 checkpoints; wider sources keep their precision until the end.
     let intermediate_type = if info.source_dtype == SourceDtype::F16 { OutType::F16 } else { OutType::F32 };
-    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let file_name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let intermediate = TempPath(dir.join(format!(".{file_name}.{intermediate_type}-{}.tmp", std::process::id())));
-    let quantized = TempPath(dir.join(format!(".{file_name}.quantized-{}.tmp", std::process::id())));
+    let intermediate = TemporaryPath::new(output, &intermediate_type.to_string());
+    let quantized = TemporaryPath::new(output, "quantized");
 
     let options = ConvertOptions { out_type: intermediate_type, ..options };
-    let summary = phi_converters::convert(input, &intermediate.0, &options, &mut on_progress)?;
+    let summary = phi_converters::convert(input, intermediate.path(), &options, &mut on_progress)?;
     on_stage(ConvertStage::Quantizing(conversion.out_type));
     crate::engine::quantize_model(
-        &intermediate.0,
-        &quantized.0,
+        intermediate.path(),
+        quantized.path(),
         conversion.out_type.llama_ftype(),
         conversion.threads.unwrap_or(0),
     )?;
-    std::fs::rename(&quantized.0, output)
+    std::fs::rename(quantized.path(), output)
         .map_err(|source| CheckpointError::Io { path: output.to_path_buf(), source })?;
+    quantized.keep();
     Ok(summary)
-}
-
-/// A temporary file removed when dropped (after a successful rename there is nothing left to remove).
-struct TempPath(PathBuf);
-
-impl Drop for TempPath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }

@@ -295,3 +295,157 @@ fn readme_run_command_leaves_no_file_in_the_repository_root() {
     assert!(output.starts_with("target/"), "the README converts to {output}, not under target/: {command}");
     assert!(command.contains(&format!("-m {output}")), "{command}");
 }
+
+/// A copy of a fixture checkpoint (hard links where possible) that a test may damage.
+fn checkpoint_copy(name: &str, dir: &Path) -> std::path::PathBuf {
+    let copy = dir.join(name);
+    std::fs::create_dir(&copy).unwrap();
+    for entry in std::fs::read_dir(fixtures().join(name)).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            let target = copy.join(entry.file_name());
+            std::fs::hard_link(entry.path(), &target)
+                .or_else(|_| std::fs::copy(entry.path(), &target).map(drop))
+                .unwrap();
+        }
+    }
+    copy
+}
+
+#[test]
+fn convert_refuses_outputs_it_would_destroy() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let input = checkpoint_copy("tiny-phi", dir.path());
+    let fifo = dir.path().join("pipe");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let weights = input.join("model.safetensors");
+    let weights_before = std::fs::read(&weights).unwrap();
+    let cases = [
+        ("/dev/full".into(), "not a regular file"),
+        ("/dev/null".into(), "not a regular file"),
+        (fifo.clone(), "not a regular file"),
+        (weights.clone(), "`model.safetensors` of the checkpoint being converted"),
+        (input.join("config.json"), "`config.json` of the checkpoint being converted"),
+    ];
+    for (output, message) in cases {
+        for outtype in ["f16", "q4_0"] {
+            let result =
+                phi_tui(&["convert", input.to_str().unwrap(), "-o", output.to_str().unwrap(), "--outtype", outtype]);
+            assert!(!result.status.success(), "{} {outtype}", output.display());
+            assert!(stderr(&result).contains(message), "{}: {}", output.display(), stderr(&result));
+        }
+    }
+    assert!(std::fs::metadata("/dev/full").unwrap().file_type().is_char_device());
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    assert_eq!(std::fs::read(&weights).unwrap(), weights_before, "the checkpoint was overwritten");
+    // Writing next to the checkpoint is fine, and a second run replaces its own output.
+    for _ in 0..2 {
+        let output = input.join("tiny.gguf");
+        let result = phi_tui(&["convert", input.to_str().unwrap(), "-o", output.to_str().unwrap()]);
+        assert!(result.status.success(), "{}", stderr(&result));
+    }
+}
+
+#[test]
+fn convert_bounds_the_layer_count_by_the_tensors_present() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = checkpoint_copy("tiny-phi", dir.path());
+    let config_path = input.join("config.json");
+    let mut config: Value = serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    config["num_hidden_layers"] = 2_147_483_648u64.into();
+    std::fs::remove_file(&config_path).unwrap(); // a hard link: do not write through it
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let started = std::time::Instant::now();
+    let output = dir.path().join("out.gguf");
+    let result = phi_tui(&["convert", input.to_str().unwrap(), "-o", output.to_str().unwrap()]);
+    assert!(!result.status.success());
+    assert!(
+        stderr(&result).contains("key `num_hidden_layers` is 2147483648, but the checkpoint has tensors for 2 layers"),
+        "{}",
+        stderr(&result)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert!(!output.exists());
+}
+
+/// Temporary files (hidden, `.tmp-PID` at the end) in `dir`.
+fn temporary_files(dir: &Path) -> Vec<String> {
+    files_in(dir).into_iter().filter(|name| name.starts_with('.') && name.contains(".tmp-")).collect()
+}
+
+#[test]
+fn an_interrupted_convert_leaves_no_temporary_file() {
+    let input = fixtures().join("tiny-phi");
+    let mut interrupted = 0;
+    for (signal, name, code) in [(libc::SIGTERM, "SIGTERM", 143), (libc::SIGINT, "SIGINT", 130)] {
+        for outtype in ["f32", "q4_0"] {
+            let dir = tempfile::tempdir().unwrap();
+            let output = dir.path().join("out.gguf");
+            let mut child = Command::new(env!("CARGO_BIN_EXE_phi-tui"))
+                .args(["convert", input.to_str().unwrap(), "-o", output.to_str().unwrap(), "--outtype", outtype])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            // Signal it as soon as it has a temporary file, that is, mid-way.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while temporary_files(dir.path()).is_empty() && child.try_wait().unwrap().is_none() {
+                assert!(std::time::Instant::now() < deadline, "no temporary file appeared");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            // SAFETY: kill on our own child's pid.
+            unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+            let status = child.wait().unwrap();
+            if status.success() {
+                // It finished before the signal landed: nothing to check in this round.
+                continue;
+            }
+            assert_eq!(status.code(), Some(code), "{name} {outtype}: {status}");
+            assert!(temporary_files(dir.path()).is_empty(), "{name} {outtype} left {:?}", files_in(dir.path()));
+            assert!(!output.exists(), "{name} {outtype}");
+            interrupted += 1;
+        }
+    }
+    assert!(interrupted >= 2, "only {interrupted} of 4 runs were still converting when signalled");
+}
+
+#[test]
+fn convert_removes_the_temporary_files_of_killed_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    // A pid that runs no process (pids are below 2^22 on Linux).
+    let dead = (1u32 << 22) + 7;
+    let stale = [format!(".out.gguf.part.tmp-{dead}"), format!("..out.gguf.f16.tmp-{dead}.part.tmp-{dead}")];
+    let live = format!(".out.gguf.part.tmp-{}", std::process::id());
+    for name in stale.iter().chain([&live]) {
+        std::fs::write(dir.path().join(name), b"partial").unwrap();
+    }
+    let output = dir.path().join("out.gguf");
+    let result = phi_tui(&["convert", fixtures().join("tiny-phi").to_str().unwrap(), "-o", output.to_str().unwrap()]);
+    assert!(result.status.success(), "{}", stderr(&result));
+    assert_eq!(files_in(dir.path()), vec![live, "out.gguf".to_owned()]);
+}
+
+#[test]
+fn generate_and_bench_check_their_sizes_up_front() {
+    let model = converted("tiny-phi", OutType::F16);
+    let model = model.to_str().unwrap();
+    let started = std::time::Instant::now();
+    let cases: [(&[&str], &str); 6] = [
+        (&["generate", "-m", model, "-p", "x", "--threads", "16384"], "16384 is not in 1..=512"),
+        (&["generate", "-m", model, "-p", "x", "--threads", "500"], "on this machine"),
+        (&["generate", "-m", model, "-p", "x", "-c", "1000000000"], "more than the model's training context of 2048"),
+        (&["generate", "-m", model, "--prompt-file", "/dev/zero"], "the prompt file is larger than 8 MiB"),
+        (&["bench", "-m", model, "-p", "100000"], "100000 is not in 1..=65536"),
+        (&["bench", "-m", model, "-p", "4000", "-r", "1"], "bench -p 4000 -n 128 needs a context of 4129 tokens"),
+    ];
+    for (args, message) in cases {
+        let result = phi_tui(args);
+        assert!(!result.status.success(), "{args:?}");
+        assert!(stderr(&result).contains(message), "{args:?}: {}", stderr(&result));
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "{:?}", started.elapsed());
+    // Forced, a context beyond the training context is allowed when it fits.
+    let result = phi_tui(&["generate", "-m", model, "-p", "def f():", "-n", "2", "-c", "4096", "--force-context"]);
+    assert!(result.status.success(), "{}", stderr(&result));
+}

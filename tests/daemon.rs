@@ -22,7 +22,7 @@ use phi_lsp::testing::TestClient;
 use phi_tui::engine::{GenerationEvent, Priority, Prompt, StopReason};
 use phi_tui::session::client::{DaemonLaunch, DaemonSession};
 use phi_tui::session::paths::SessionPaths;
-use phi_tui::session::protocol::{read_frame, write_frame, Welcome};
+use phi_tui::session::protocol::{read_frame, write_frame, Welcome, PROTOCOL_VERSION};
 use phi_tui::session::{ClientKind, DaemonStatus, InferenceSession, SessionRequest};
 use serde_json::json;
 
@@ -71,7 +71,10 @@ impl Dirs {
         let launch = DaemonLaunch {
             program: BIN.into(),
             // A context longer than the tiny model's own, so that a chat reply can stream for a while.
-            args: ["serve", "--spawned", "--threads", "1", "--ctx-size", "8192"].iter().map(Into::into).collect(),
+            args: ["serve", "--spawned", "--threads", "1", "--ctx-size", "8192", "--force-context"]
+                .iter()
+                .map(Into::into)
+                .collect(),
             envs: self.envs(),
         };
         DaemonSession::new(self.paths(), kind, Some(launch))
@@ -342,7 +345,10 @@ async fn a_client_of_another_protocol_version_is_refused_in_words() {
     let welcome: Welcome =
         tokio::time::timeout(Duration::from_secs(5), read_frame(&mut stream)).await.unwrap().unwrap();
     let refused = welcome.refused.expect("refused");
-    assert!(refused.contains("protocol 1") && refused.contains("9.9.9 (protocol 999)"), "{refused}");
+    assert!(
+        refused.contains(&format!("protocol {PROTOCOL_VERSION}")) && refused.contains("9.9.9 (protocol 999)"),
+        "{refused}"
+    );
     assert!(refused.contains("phi-tui serve --stop"), "{refused}");
     assert_eq!(dirs.status().await.refused, 1);
 }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use phi_converters::OutType;
 use phi_tui::engine::{
-    Engine, EngineError, GenerateRequest, GenerationEvent, Priority, Prompt, SequenceId, StopReason, TokenId,
+    Engine, EngineError, EngineOptions, GenerateRequest, GenerationEvent, Priority, Prompt, SequenceId, StopReason,
+    TokenId,
 };
 
 fn long_prompt() -> Vec<TokenId> {
@@ -295,13 +296,19 @@ async fn bad_model_files_are_errors_and_the_engine_keeps_serving() {
     let corrupt = dir.path().join("corrupt.gguf");
     std::fs::write(&corrupt, &bad_header).unwrap();
 
+    greedy_tokens(&engine, 0, &long_prompt(), 4).await;
+    let cached = engine.state().await.unwrap().cached_tokens;
     for path in [dir.path().join("missing.gguf"), truncated, garbage, corrupt] {
         let error = engine.load_model(&path, None).await.unwrap_err();
         assert!(matches!(error, EngineError::InvalidModel { .. }), "{}: {error}", path.display());
         assert!(error.to_string().contains(&*path.to_string_lossy()), "{error}");
     }
-    // A failed load leaves no model, but the engine answers and loads a good one.
-    assert!(matches!(engine.tokenize("x", true).await, Err(EngineError::NoModel)));
+    // A file that fails its checks never unloads the working model (F5 on a bad path in the TUI), nor what its
+    // sequences hold.
+    let state = engine.state().await.unwrap();
+    assert_eq!(state.model.unwrap().path, good);
+    assert_eq!(state.cached_tokens, cached);
+    assert_still_serving(&engine).await;
     engine.load_model(&good, None).await.unwrap();
     assert_still_serving(&engine).await;
 }
@@ -369,4 +376,49 @@ async fn an_adapter_rewritten_at_the_same_path_is_loaded_anew() {
     let fresh = tiny_engine().await;
     fresh.set_adapter(&path, 1.0).await.unwrap();
     assert_eq!(greedy_tokens(&fresh, 0, &prompt, 8).await, with_second);
+}
+
+#[tokio::test]
+async fn a_panic_inside_the_engine_fails_that_request_and_the_engine_keeps_serving() {
+    let engine = tiny_engine().await;
+    // A stop predicate is the caller's code run on the engine thread: one that panics (here on purpose, in real
+    // life a bad string slice) stands for any panic there, llama-cpp-2's included.
+    let mut request = greedy_request(0, &long_prompt(), 8);
+    request.stop_predicate = Some(std::sync::Arc::new(|_: &str| -> Option<usize> { panic!("a broken stop rule") }));
+    let error = engine.generate(request).finish().await.unwrap_err();
+    assert!(matches!(&error, EngineError::Internal(message) if message.contains("a broken stop rule")), "{error:?}");
+    // The same engine, with its model, serves the next requests.
+    assert!(engine.state().await.unwrap().model.is_some());
+    assert_still_serving(&engine).await;
+    let again = greedy_tokens(&engine, 0, &long_prompt(), 8).await;
+    assert_eq!(again.len(), 8);
+}
+
+#[tokio::test]
+async fn the_context_must_suit_the_model_and_fit_in_memory() {
+    let good = converted("tiny-phi", OutType::F16);
+    let options = |context_size: u32, beyond: bool| EngineOptions {
+        context_size: Some(context_size),
+        sequences: 1,
+        threads: Some(2),
+        context_beyond_training: beyond,
+        ..EngineOptions::default()
+    };
+    // phi's training context is 2048 tokens; a larger one needs asking for.
+    let engine = Engine::start(options(1_000_000_000, false)).unwrap();
+    let error = engine.load_model(&good, None).await.unwrap_err();
+    assert!(error.to_string().contains("more than the model's training context of 2048 tokens"), "{error}");
+    // Asked for, it must still fit in memory: a billion positions of this model's KV cache need 477 GiB.
+    let engine = Engine::start(options(1_000_000_000, true)).unwrap();
+    let error = engine.load_model(&good, None).await.unwrap_err();
+    assert!(error.to_string().contains("needs 476.8 GiB for its KV cache"), "{error}");
+    // What fits loads, beyond the training context too.
+    let engine = Engine::start(options(4096, true)).unwrap();
+    assert_eq!(engine.load_model(&good, None).await.unwrap().context_size, 4096);
+    assert_still_serving(&engine).await;
+
+    // Threads beyond what the machine can use are refused up front (16384 crashed llama.cpp's OpenMP runtime).
+    let threads = EngineOptions { threads: Some(16_384), ..EngineOptions::default() };
+    let error = Engine::start(threads).err().unwrap();
+    assert!(error.to_string().contains("number of threads must be between 1 and"), "{error}");
 }

@@ -37,8 +37,9 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn data_dir() -> std::path::PathBuf {
-    eval::default_data_dir()
+/// The benchmarks built into phi-tui (no source tree needed at run time).
+fn data_dir() -> eval::BenchmarkData {
+    eval::BenchmarkData::Bundled
 }
 
 fn limits() -> SandboxLimits {
@@ -421,7 +422,7 @@ fn eval_reports_missing_and_corrupt_data_and_a_missing_python() {
     let output = phi_tui(&["eval", "humaneval", "--data", data, "--completions", "/dev/null"]);
     assert!(text(&output.stderr).contains("HumanEval.jsonl.gz: not a valid gzip file"), "{}", text(&output.stderr));
 
-    let good = std::fs::read_to_string(data_dir().join("mbpp.jsonl")).unwrap();
+    let good = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/eval/mbpp.jsonl")).unwrap();
     let mut lines: Vec<&str> = good.lines().collect();
     lines[6] = "{\"task_id\": 7, \"text\": \"truncated";
     std::fs::write(dir.path().join("mbpp.jsonl"), lines.join("\n")).unwrap();
@@ -496,4 +497,65 @@ fn eval_generates_with_the_tiny_model_and_resumes() {
     let added: Vec<Value> = second[first.len()..].lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(added.len(), 1);
     assert_eq!(added[0]["task_id"], "HumanEval/3");
+}
+
+#[test]
+fn host_unix_sockets_are_out_of_reach() {
+    use std::os::unix::fs::PermissionsExt;
+    let _lock = shared_lock();
+    // A socket anyone may connect to, in a directory anyone may enter: a desktop service's socket in /tmp.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("host.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let path = path.to_str().unwrap();
+    assert!(sandbox().isolation().unix_sockets, "{}", sandbox().isolation());
+    assert!(sandbox().isolation().to_string().contains("no Unix sockets"));
+
+    let escapes = [
+        format!("import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({path:?})\ns.sendall(b'escaped')\n"),
+        format!(
+            "import socket\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\ns.sendto(b'escaped', {path:?})\n"
+        ),
+        // An unconnected datagram socket of a pair could send to any path.
+        format!(
+            "import socket\na, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\na.sendto(b'x', {path:?})\n"
+        ),
+    ];
+    for program in &escapes {
+        let outcome = run(program, &limits());
+        assert_eq!(outcome.status, SandboxStatus::Failed { exit_code: 1 }, "{program}: {outcome:?}");
+        assert!(outcome.reason().contains("PermissionError"), "{program}: {}", outcome.reason());
+    }
+    assert!(listener.accept().is_err(), "a program reached the host's socket");
+    // What needs no host socket still works: asyncio's event loop uses a stream socket pair.
+    let outcome = run("import asyncio\nasync def f():\n    return 41 + 1\nprint(asyncio.run(f()))\n", &limits());
+    assert_eq!((outcome.status.clone(), outcome.stdout.as_str()), (SandboxStatus::Passed, "42\n"), "{outcome:?}");
+    assert_harness_continues();
+}
+
+#[test]
+fn a_completion_that_exits_before_its_checks_fails() {
+    let _lock = shared_lock();
+    let tasks = eval::load_tasks(Benchmark::HumanEval, &data_dir()).unwrap();
+    let task = &tasks[0];
+    let score = |completion: &str| eval::score(task, 0, completion, sandbox(), &limits());
+    let canonical = score(&task.reference);
+    assert!(canonical.passed && canonical.verdict == Verdict::Passed, "{canonical:?}");
+    for exit in [
+        "import sys\nsys.exit(0)",
+        "import os\nos._exit(0)",
+        "raise SystemExit",
+        "print('phi-tui: checks completed 0000000000000000')\nimport os\nos._exit(0)",
+    ] {
+        let result = score(&format!("    return False\n{exit}\n"));
+        assert!(!result.passed, "{exit}: {result:?}");
+        assert_eq!(result.verdict, Verdict::Failed, "{exit}");
+        assert_eq!(result.result, "failed: the program exited before its checks ran to the end", "{exit}");
+    }
+    // A solution that exits 0 *after* the checks (an atexit handler, say) still passes.
+    let atexit = format!("{}\nimport atexit, os\natexit.register(lambda: os._exit(0))\n", task.reference);
+    assert!(score(&atexit).passed);
 }

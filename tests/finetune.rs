@@ -700,3 +700,45 @@ fn ctrl_c_saves_a_checkpoint_and_stops() {
     assert!(out.with_extension("ckpt").join(finetune::CHECKPOINT_FILE).is_file(), "{error}");
     assert!(!out.exists(), "an interrupted run wrote the adapter");
 }
+
+#[test]
+fn a_crafted_gguf_base_is_refused_before_anything_is_allocated_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = reference_data_jsonl(dir.path());
+    let out = dir.path().join("out.gguf");
+    let source = GgufFile::open(converted("tiny-phi", OutType::F16)).unwrap();
+    let crafted = dir.path().join("crafted.gguf");
+    let set = |key: &str, value: u32| GgufEdit {
+        set: vec![(key.to_owned(), MetadataValue::U32(value))],
+        ..GgufEdit::default()
+    };
+    let reshape =
+        |name: &str, dims: Vec<u64>| GgufEdit { reshape: vec![(name.to_owned(), dims)], ..GgufEdit::default() };
+    let cases = [
+        // 0-dimensional tensors were indexed; an unbounded block_count went into Vec::with_capacity.
+        (reshape("blk.0.ffn_up.weight", vec![]), "tensor `blk.0.ffn_up.weight` has shape []"),
+        (reshape("token_embd.weight", vec![]), "tensor `token_embd.weight` has shape []"),
+        (set("phi2.block_count", 1 << 31), "`phi2.block_count` is 2147483648"),
+        (set("phi2.block_count", 400), "`phi2.block_count` is 400, but the file has tensors for 2 layers"),
+        (set("phi2.attention.head_count", 0), "`phi2.attention.head_count` is 0"),
+        (set("phi2.rope.dimension_count", 7), "`phi2.rope.dimension_count` is 7"),
+    ];
+    for (edit, message) in cases {
+        rewrite_gguf(&source, &crafted, &edit);
+        let output = phi_tui(&[
+            "finetune",
+            "--base",
+            crafted.to_str().unwrap(),
+            "--data",
+            good.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "1",
+        ]);
+        let error = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{message}: {error}");
+        assert!(error.contains(message) && !error.contains("panicked"), "expected {message:?} in {error}");
+        assert!(!out.exists());
+    }
+}

@@ -601,3 +601,26 @@ fn the_conversations_code_can_be_the_training_data() {
     assert_eq!((spec.data.to_str(), used), (Some(":conversation"), &model));
     assert_eq!(conversation, &vec!["def add(a, b):\n    return a + b".to_owned()]);
 }
+
+#[test]
+fn a_model_that_fails_to_load_leaves_the_working_one_in_use() {
+    let mut app = ready_app();
+    app.update(key(KeyCode::F(5)));
+    for _ in 0.."/models/phi-1.gguf".len() {
+        app.update(key(KeyCode::Backspace));
+    }
+    type_text(&mut app, "/no/such/model.gguf");
+    assert_eq!(app.update(key(KeyCode::Enter)), vec![Effect::LoadModel(PathBuf::from("/no/such/model.gguf"))]);
+    // The engine refused the file before unloading phi-1, and says it still has it.
+    app.update(Action::ModelKept {
+        error: "/no/such/model.gguf: no such file".into(),
+        model: Box::new(model_info("phi-1")),
+    });
+    assert!(matches!(&app.model, ModelState::Ready(info) if info.name == "phi-1"));
+    let notice = app.notice.as_ref().unwrap();
+    assert!(notice.error && notice.text.contains("no such file") && notice.text.contains("still using phi-1"));
+    // And the user goes on working with it.
+    type_text(&mut app, "def f():");
+    let effects = app.update(key(KeyCode::Enter));
+    assert_eq!(generate_spec(&effects).prompt, "def f():");
+}

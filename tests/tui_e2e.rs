@@ -191,7 +191,7 @@ fn streamed_tokens(screen: &str) -> Option<usize> {
 /// Chat mode with greedy decoding: the tiny random model then writes long (seconds), deterministic replies, with
 /// [`CHAT_ARGS`] giving them room.
 const CHAT_CONFIG: &str = "mode = \"chat\"\nmax_tokens = 3000\n";
-const CHAT_ARGS: &str = "-t 1 -c 8192";
+const CHAT_ARGS: &str = "-t 1 -c 8192 --force-context";
 
 /// One TUI at a time: two engines on a small machine slow each other down a lot (llama.cpp's threads spin).
 fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -581,4 +581,23 @@ fn the_finetune_screen_trains_an_adapter_that_the_session_and_an_editor_use() {
     );
     assert!(!base.starts_with(suggestion.trim_end()), "the base model says the same: {base:?}");
     tmux.quit();
+}
+
+#[test]
+fn an_abort_gives_the_terminal_back() {
+    require_tmux!();
+    let _serial = serial();
+    let dirs = dirs("mouse = true\n");
+    let model = tiny_model();
+    let tmux = Tmux::start(&command(&dirs, &format!("-m {} -t 1", model.display())));
+    tmux.wait_for("the model to load", |s| s.contains("code mode"));
+    assert_eq!(tmux.pane("#{alternate_on} #{mouse_any_flag}"), "1 1", "the TUI runs in the alternate screen");
+    // What a failed assert in llama.cpp does: abort(), that is SIGABRT, with no Rust code unwinding.
+    let pid: libc::pid_t = tmux.pane("#{pane_pid}").parse().unwrap();
+    // SAFETY: a signal to the program in our private tmux pane.
+    unsafe { libc::kill(pid, libc::SIGABRT) };
+    tmux.wait_exit();
+    assert_eq!(tmux.pane("#{pane_dead_signal}"), "6", "it still dies of SIGABRT; screen:\n{}", tmux.screen());
+    assert_eq!(tmux.pane("#{alternate_on}"), "0", "the alternate screen was left on");
+    assert_eq!(tmux.pane("#{mouse_any_flag} #{mouse_sgr_flag}"), "0 0", "mouse reporting was left on");
 }

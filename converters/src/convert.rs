@@ -113,6 +113,41 @@ pub fn inspect(input_dir: &Path) -> Result<CheckpointInfo> {
     })
 }
 
+/// Checks that `output` can take the GGUF of the checkpoint in `input_dir`: its directory exists, and it is not a
+/// directory, a device, a FIFO or a socket (the rename into place would replace those), nor one of the files the
+/// conversion reads (`-o CHECKPOINT/model.safetensors` would destroy the checkpoint).
+pub fn check_output(input_dir: &Path, output: &Path, options: &ConvertOptions) -> Result<()> {
+    output::check_output_path(output).map_err(|(path, reason)| ConvertError::Output { path, reason })?;
+    if !output.exists() {
+        return Ok(());
+    }
+    let mut source_dirs = vec![input_dir.to_path_buf()];
+    if let Some(TokenizerSource::Dir(dir)) = &options.tokenizer {
+        source_dirs.push(dir.clone());
+    }
+    for dir in source_dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_source_file(&name) && output::same_file(output, &entry.path()) {
+                return Err(ConvertError::Output {
+                    path: output.to_path_buf(),
+                    reason: format!("this is `{name}` of the checkpoint being converted; choose another output"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The files of a checkpoint directory that a conversion reads.
+fn is_source_file(name: &str) -> bool {
+    name == "config.json"
+        || name.ends_with(".safetensors")
+        || name.ends_with(".safetensors.index.json")
+        || tokenizer::SOURCE_FILES.contains(&name)
+}
+
 /// Converts the checkpoint in `input_dir` to a GGUF at `output` (replacing any file there). On error nothing is
 /// left at `output` nor in its directory.
 pub fn convert(
@@ -125,7 +160,7 @@ pub fn convert(
         .out_type
         .encoding()
         .ok_or_else(|| ConvertError::NonNativeOutType { out_type: options.out_type.name().to_owned() })?;
-    output::check_output_path(output).map_err(|(path, reason)| ConvertError::Output { path, reason })?;
+    check_output(input_dir, output, options)?;
     let validated = Validated::load(input_dir)?;
     let (tokenizer_files, tokenizer_origin) =
         tokenizer::resolve(input_dir, options.tokenizer.as_ref(), options.fallback_tokenizer.as_ref())?;

@@ -7,7 +7,7 @@ use std::fmt;
 use std::ops::Range;
 
 use crate::checkpoint::Checkpoint;
-use crate::config::ModelConfig;
+use crate::config::{ConfigStyle, ModelConfig};
 use crate::error::{ConvertError, Result};
 
 /// How a checkpoint names its tensors.
@@ -87,6 +87,19 @@ pub(crate) fn detect(checkpoint: &Checkpoint) -> Result<Layout> {
 /// Maps every stored tensor to its GGUF tensor(s), checking that the set of tensors and every shape is what
 /// the config implies. The result is in output order.
 pub(crate) fn map_tensors(checkpoint: &Checkpoint, layout: Layout, config: &ModelConfig) -> Result<Vec<MappedTensor>> {
+    // The config's layer count sizes the list of expected tensors, so it is bounded by the tensors the checkpoint
+    // has before anything is built from it (a corrupt count of 2^31 would otherwise take gigabytes first). Every
+    // layer has at least eight tensors: a count above the number of tensors is certainly wrong, and below it the
+    // list stays as small as the checkpoint's and the missing tensors are named as usual.
+    if config.num_layers > checkpoint.tensors.len() {
+        let layers = layers_present(checkpoint);
+        let key = if config.style == ConfigStyle::PhiMsft { "n_layer" } else { "num_hidden_layers" };
+        return Err(ConvertError::InvalidValue {
+            path: checkpoint.description.with_file_name("config.json"),
+            key: key.to_owned(),
+            reason: format!("is {}, but the checkpoint has tensors for {layers} layers", config.num_layers),
+        });
+    }
     let expected = expected_tensors(layout, config);
     let by_name: BTreeMap<&str, &ExpectedTensor> = expected.iter().map(|e| (e.name.as_str(), e)).collect();
     let present: BTreeSet<&str> = checkpoint.tensors.iter().map(|t| t.name.as_str()).collect();
@@ -131,6 +144,15 @@ pub(crate) fn map_tensors(checkpoint: &Checkpoint, layout: Layout, config: &Mode
     }
     mapped.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(mapped.into_iter().map(|(_, m)| m).collect())
+}
+
+/// How many distinct layers (`model.layers.N.` or `transformer.h.N.`) the checkpoint's tensor names number.
+fn layers_present(checkpoint: &Checkpoint) -> usize {
+    let layer = |name: &str| {
+        let rest = name.strip_prefix("model.layers.").or_else(|| name.strip_prefix("transformer.h."))?;
+        rest.split_once('.')?.0.parse::<usize>().ok()
+    };
+    checkpoint.tensors.iter().filter_map(|t| layer(&t.name)).collect::<BTreeSet<_>>().len()
 }
 
 /// The tensors of a phi model in `layout`, with the shapes `config` implies.
@@ -211,7 +233,6 @@ fn expected_tensors(layout: Layout, config: &ModelConfig) -> Vec<ExpectedTensor>
 #[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
-    use crate::config::ConfigStyle;
 
     fn config() -> ModelConfig {
         ModelConfig {

@@ -24,8 +24,9 @@ mod tokenizer;
 
 pub use checkpoint::SourceDtype;
 pub use config::{ConfigStyle, ModelConfig};
-pub use convert::{convert, inspect, CheckpointInfo, ConvertOptions, ConvertProgress, ConvertSummary};
+pub use convert::{check_output, convert, inspect, CheckpointInfo, ConvertOptions, ConvertProgress, ConvertSummary};
 pub use error::ConvertError;
 pub use layout::Layout;
 pub use out_type::OutType;
+pub use output::{remove_temporary_files, TemporaryPath};
 pub use tokenizer::{TokenizerOrigin, TokenizerSource};

@@ -1,29 +1,122 @@
 //! Writing an output file so that it either appears complete or not at all: the data goes to a hidden temporary
 //! file in the same directory (so the final rename stays on one filesystem and is atomic), and the temporary
 //! file is removed if anything fails before the rename.
+//!
+//! Temporary files are named `.{output name}.{purpose}.tmp-{pid}` and listed in a process-wide registry, so that
+//! a signal handler can remove them before the process dies ([`remove_temporary_files`]) and a later run for the
+//! same output removes those that a killed run left behind (their pid no longer runs).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// Buffer for the many small writes of a GGUF header; tensor chunks are larger and bypass it.
 const WRITE_BUFFER: usize = 1 << 20;
+/// The part of a temporary file's name before the pid.
+const TEMP_MARK: &str = ".tmp-";
+
+/// Every temporary file this process has not yet renamed or removed.
+static TEMPORARY_FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn registry() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    TEMPORARY_FILES.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Removes every temporary file of this process. For a signal handler (on a thread of its own, not in the
+/// signal's context) that is about to end the process: whatever was being written is abandoned.
+pub fn remove_temporary_files() {
+    for path in registry().drain(..) {
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+/// A temporary file next to an output: removed when dropped (unless [`TemporaryPath::keep`] was called, after the
+/// file was renamed into place) and by [`remove_temporary_files`]. Creating one first removes what killed runs
+/// left behind for the same output.
+#[derive(Debug)]
+pub struct TemporaryPath {
+    path: PathBuf,
+}
+
+impl TemporaryPath {
+    /// `.{name of final_path}.{purpose}.tmp-{pid}`, in `final_path`'s directory. The file is not created.
+    pub fn new(final_path: &Path, purpose: &str) -> TemporaryPath {
+        remove_stale_temporary_files(final_path);
+        let name = final_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let path = final_path.with_file_name(format!(".{name}.{purpose}{TEMP_MARK}{}", std::process::id()));
+        registry().push(path.clone());
+        TemporaryPath { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file has been renamed into place (or never existed): nothing to remove any more.
+    pub fn keep(self) {
+        unregister(&self.path);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for TemporaryPath {
+    fn drop(&mut self) {
+        unregister(&self.path);
+        match std::fs::remove_file(&self.path) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => {
+                tracing::warn!(path = %self.path.display(), %error, "could not remove a temporary file");
+            }
+            _ => {}
+        }
+    }
+}
+
+fn unregister(path: &Path) {
+    registry().retain(|p| p != path);
+}
+
+/// Removes `.{name}.*.tmp-{pid}` files (and `..{name}.*.tmp-{pid}`, ...) next to `final_path` whose pid is not a running process (Linux: no
+/// `/proc/{pid}`); elsewhere nothing is removed.
+fn remove_stale_temporary_files(final_path: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let name = final_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let prefix = format!("{name}.");
+    let Ok(entries) = std::fs::read_dir(parent_dir(final_path)) else { return };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        // Leading dots: a temporary file of a temporary file (the intermediate of a quantized output) counts too.
+        let Some(rest) =
+            file_name.strip_prefix('.').map(|n| n.trim_start_matches('.')).and_then(|n| n.strip_prefix(&prefix))
+        else {
+            continue;
+        };
+        let Some((_, pid)) = rest.rsplit_once(TEMP_MARK) else { continue };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
+            tracing::info!(path = %entry.path().display(), "removing a temporary file left by an interrupted run");
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
 
 /// A file being written under a temporary name; `commit` renames it into place, dropping it removes it.
 pub(crate) struct PendingFile {
-    temp_path: PathBuf,
+    temp: Option<TemporaryPath>,
     final_path: PathBuf,
     writer: Option<BufWriter<File>>,
 }
 
 impl PendingFile {
-    /// Creates `.{name}.tmp-{pid}` next to `final_path`. The pid keeps two concurrent runs apart; the `.tmp`
-    /// infix lets an ignore rule (`*.gguf.tmp*`) match leftovers of a killed run.
+    /// Creates `.{name}.part.tmp-{pid}` next to `final_path`. The pid keeps two concurrent runs apart; the `.tmp`
+    /// infix lets an ignore rule (`*.gguf.*tmp*`) match leftovers.
     pub(crate) fn create(final_path: &Path) -> io::Result<PendingFile> {
-        let temp_path = temp_path_for(final_path);
-        let file = OpenOptions::new().write(true).create(true).truncate(true).open(&temp_path)?;
+        let temp = TemporaryPath::new(final_path, "part");
+        let file = OpenOptions::new().write(true).create(true).truncate(true).open(temp.path())?;
         Ok(PendingFile {
-            temp_path,
+            temp: Some(temp),
             final_path: final_path.to_path_buf(),
             writer: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
         })
@@ -31,7 +124,7 @@ impl PendingFile {
 
     #[cfg(test)]
     pub(crate) fn temp_path(&self) -> &Path {
-        &self.temp_path
+        self.temp.as_ref().map_or(Path::new(""), TemporaryPath::path)
     }
 
     pub(crate) fn writer(&mut self) -> io::Result<&mut BufWriter<File>> {
@@ -43,24 +136,11 @@ impl PendingFile {
         let writer = self.writer.take().ok_or_else(|| io::Error::other("output already committed"))?;
         let file = writer.into_inner().map_err(|e| e.into_error())?;
         drop(file);
-        std::fs::rename(&self.temp_path, &self.final_path)
+        let temp = self.temp.take().ok_or_else(|| io::Error::other("output already committed"))?;
+        std::fs::rename(temp.path(), &self.final_path)?;
+        temp.keep();
+        Ok(())
     }
-}
-
-impl Drop for PendingFile {
-    fn drop(&mut self) {
-        if self.writer.take().is_some() {
-            if let Err(error) = std::fs::remove_file(&self.temp_path) {
-                tracing::warn!(path = %self.temp_path.display(), %error, "could not remove the temporary output");
-            }
-        }
-    }
-}
-
-/// The temporary name used for `final_path`.
-pub(crate) fn temp_path_for(final_path: &Path) -> PathBuf {
-    let name = final_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    final_path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
 /// The directory an output file goes into (`.` for a bare file name).
@@ -71,8 +151,10 @@ pub(crate) fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// Why `path` cannot be an output file, if it cannot: its directory must exist and it must not be a directory.
-/// Writability shows only when the file is created; this check is what can be said without creating anything.
+/// Why `path` cannot be an output file, if it cannot: its directory must exist, and it must be a regular file if it
+/// exists — a device, a FIFO or a socket would be replaced by a regular file by the final rename (`-o /dev/null`
+/// would delete the device node). Writability shows only when the file is created; this check is what can be said
+/// without creating anything.
 pub(crate) fn check_output_path(path: &Path) -> Result<(), (PathBuf, String)> {
     let dir = parent_dir(path);
     match std::fs::metadata(dir) {
@@ -83,12 +165,34 @@ pub(crate) fn check_output_path(path: &Path) -> Result<(), (PathBuf, String)> {
         }
         Err(e) => return Err((dir.to_path_buf(), format!("output directory is not accessible: {e}"))),
     }
-    if path.is_dir() {
-        return Err((path.to_path_buf(), "output is a directory, not a file".to_owned()));
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Err((path.to_path_buf(), "output is a directory, not a file".to_owned())),
+        Ok(meta) if !meta.is_file() => Err((
+            path.to_path_buf(),
+            "output is not a regular file (a device, FIFO or socket); the GGUF is written to a temporary file and \
+             renamed into place, which would replace it"
+                .to_owned(),
+        )),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
+/// Whether two paths name the same existing file (hard links and symbolic links included).
+pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(a), std::fs::metadata(b)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {

@@ -13,6 +13,8 @@ use crate::error::{ConvertError, Result};
 const TOKENIZER_FILE: &str = "tokenizer.json";
 const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 const SPECIAL_TOKENS_MAP_FILE: &str = "special_tokens_map.json";
+/// The files of a tokenizer directory that are read.
+pub(crate) const SOURCE_FILES: [&str; 3] = [TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE];
 
 /// Where a tokenizer comes from.
 #[derive(Debug, Clone)]

@@ -34,7 +34,7 @@ use tracing::{debug, info, warn};
 use crate::backend::{BackendError, CompletionBackend, CompletionRequest};
 use crate::cache::SuggestionCache;
 use crate::document::Document;
-use crate::framing::forward_valid_messages;
+use crate::framing::{check_client_messages, relay_server_messages, write_messages};
 use crate::position::{checked_byte_offset, position_of, Utf16Position};
 use crate::postprocess::finish_suggestion;
 use crate::prompt::{build_prompt, OtherFile, PromptInput};
@@ -93,8 +93,13 @@ pub struct ServerOptions {
 }
 
 /// Serves the protocol on stdin and stdout until the client sends `exit` or closes stdin.
+///
+/// stdin is read on a plain thread of its own: a read of Tokio's stdin runs on the runtime's blocking pool, which
+/// the runtime waits for when it shuts down, so after `exit` the process would wait for stdin to close — and
+/// editors that keep the pipe open would leave the server running. The thread, blocked in its read, simply ends
+/// with the process.
 pub async fn serve_stdio<B: CompletionBackend>(backend: B, options: ServerOptions) {
-    serve(tokio::io::stdin(), tokio::io::stdout(), backend, options).await;
+    serve(StdinReader::spawn(), tokio::io::stdout(), backend, options).await;
 }
 
 /// Serves the protocol over any byte streams (tests use in-memory ones) until the client sends `exit` or closes
@@ -109,17 +114,88 @@ where
         .custom_method("textDocument/inlineCompletion", PhiLanguageServer::<B>::inline_completion)
         .custom_method(STATUS_METHOD, PhiLanguageServer::<B>::status)
         .finish();
-    let (checked_input, checked_output) = tokio::io::duplex(FORWARD_BUFFER_BYTES);
-    let server = tower_lsp_server::Server::new(checked_input, output, socket)
+    // client → check → server; server → relay → output, with the check's error answers between whole messages.
+    let (server_input, checked_messages) = tokio::io::duplex(FORWARD_BUFFER_BYTES);
+    let (server_output, server_messages) = tokio::io::duplex(FORWARD_BUFFER_BYTES);
+    let (frames, outgoing) = tokio::sync::mpsc::unbounded_channel();
+    let server = tower_lsp_server::Server::new(server_input, server_output, socket)
         .concurrency_level(MAX_CONCURRENT_MESSAGES)
         .serve(service);
-    tokio::pin!(server);
-    tokio::select! {
-        () = &mut server => return,
-        // The client's input ended: the server still answers what it has read.
-        () = forward_valid_messages(input, checked_output) => {}
+    let check_input = check_client_messages(input, checked_messages, frames.clone());
+    let run_server = async move {
+        tokio::pin!(server);
+        tokio::select! {
+            // `exit`: the input may stay open, and its check (with its sender of answers) is dropped here.
+            () = &mut server => {}
+            // The client's input ended: the server still answers what it has read.
+            () = check_input => server.await,
+        }
+    };
+    tokio::join!(run_server, relay_server_messages(server_messages, frames), write_messages(outgoing, output));
+}
+
+/// stdin as an `AsyncRead`, read by a thread of its own (see [`serve_stdio`]).
+struct StdinReader {
+    chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    pending: Vec<u8>,
+    offset: usize,
+}
+
+impl StdinReader {
+    fn spawn() -> Self {
+        let (sender, chunks) = tokio::sync::mpsc::channel(4);
+        let spawned = std::thread::Builder::new().name("lsp-stdin".to_owned()).spawn(move || {
+            use std::io::Read;
+            let mut stdin = std::io::stdin().lock();
+            let mut buffer = vec![0u8; 64 << 10];
+            loop {
+                match stdin.read(&mut buffer) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        if sender.blocking_send(buffer[..n].to_vec()).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(error) => {
+                        warn!(%error, "reading stdin failed; treating it as closed");
+                        return;
+                    }
+                }
+            }
+        });
+        if let Err(error) = spawned {
+            // Without the thread the sender is gone: the input reads as closed and the server ends.
+            warn!(%error, "could not start the stdin reader");
+        }
+        Self { chunks, pending: Vec::new(), offset: 0 }
     }
-    server.await;
+}
+
+impl AsyncRead for StdinReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.offset == this.pending.len() {
+            match this.chunks.poll_recv(cx) {
+                Poll::Ready(Some(chunk)) => {
+                    this.pending = chunk;
+                    this.offset = 0;
+                }
+                // The thread ended: end of input.
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let n = buf.remaining().min(this.pending.len() - this.offset);
+        buf.put_slice(&this.pending[this.offset..this.offset + n]);
+        this.offset += n;
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// The [`LanguageServer`] implementation; its state lives behind an `Arc` so that model loads can run as tasks.

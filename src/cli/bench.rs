@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Args;
 use phi_tui::engine::{Engine, GenerateRequest, ModelInfo, Prompt, SequenceId, Timings, TokenId};
 use serde::Serialize;
@@ -18,14 +19,14 @@ pub struct BenchArgs {
     /// the only installed model]
     #[arg(long, short = 'm')]
     model: Option<PathBuf>,
-    /// Prompt tokens per pp run
-    #[arg(long = "n-prompt", short = 'p', default_value_t = 512)]
+    /// Prompt tokens per pp run (decoded as one batch)
+    #[arg(long = "n-prompt", short = 'p', default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=65536))]
     n_prompt: u32,
     /// Generated tokens per tg run
-    #[arg(long = "n-gen", short = 'n', default_value_t = 128)]
+    #[arg(long = "n-gen", short = 'n', default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=65536))]
     n_gen: u32,
     /// Measured runs (after one warm-up)
-    #[arg(long = "repetitions", short = 'r', default_value_t = 5)]
+    #[arg(long = "repetitions", short = 'r', default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     repetitions: u32,
     /// Print one JSON object
     #[arg(long)]
@@ -52,7 +53,6 @@ struct BenchReport {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(args.n_prompt > 0 && args.n_gen > 0 && args.repetitions > 0, "-p, -n and -r must be positive");
     let mut options = args.runtime.engine_options(1)?;
     // pp runs decode the whole prompt in one batch, as llama-bench does.
     options.batch_size = options.batch_size.max(args.n_prompt);
@@ -62,7 +62,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let model = super::model_path(args.model.as_deref())?;
     let engine = Engine::start(options)?;
     let report = super::runtime()?.block_on(async {
-        let info = engine.load_model(&model, None).await?;
+        // The prompt and the generated tokens must fit the model's context: say so in the bench's terms.
+        let info = engine.load_model(&model, None).await.with_context(|| {
+            format!("bench -p {} -n {} needs a context of {needed} tokens", args.n_prompt, args.n_gen)
+        })?;
         let tokens = bench_tokens(&info, args.n_prompt as usize);
         let mut pp = Vec::new();
         let mut tg = Vec::new();

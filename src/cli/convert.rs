@@ -23,7 +23,7 @@ pub struct ConvertArgs {
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// Threads for llama.cpp's quantizer (default: all cores)
-    #[arg(long, short = 't')]
+    #[arg(long, short = 't', value_parser = clap::value_parser!(u32).range(1..=512))]
     threads: Option<u32>,
     /// Directory of ggml backend modules for llama.cpp's quantizer; needs the `dynamic-backends` build
     #[arg(long, env = "PHI_TUI_BACKENDS_DIR")]
@@ -42,6 +42,9 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         None => default_output(&args.input, args.outtype)?,
     };
     super::use_backends_dir(args.backends_dir.as_deref())?;
+    super::check_threads(args.threads)?;
+    // An interrupted run leaves no temporary file behind.
+    remove_temporary_files_on_signals()?;
     let conversion =
         CheckpointConversion { out_type: args.outtype, tokenizer: args.tokenizer.clone(), threads: args.threads };
     let summary = convert_with_progress(&args.input, &output, &conversion)?;
@@ -96,4 +99,22 @@ pub(super) fn convert_with_progress(
     let result = phi_tui::convert::convert_checkpoint(input, output, conversion, &mut on_stage);
     bar.finish_and_clear();
     Ok(result?)
+}
+
+/// On SIGINT, SIGTERM or SIGHUP, removes the temporary files of the conversion, then ends the process as the
+/// signal would have (exit status 128 + signal). A thread of its own waits for the signals, so the removal runs
+/// outside the signal handler; `_exit` then skips destructors, which could meet llama.cpp's quantizer mid-work.
+fn remove_temporary_files_on_signals() -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
+    std::thread::Builder::new().name("convert-signals".to_owned()).spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            phi_converters::remove_temporary_files();
+            eprintln!("\ninterrupted; no output written");
+            // SAFETY: _exit ends the process at once; nothing runs after it.
+            unsafe { libc::_exit(128 + signal) };
+        }
+    })?;
+    Ok(())
 }

@@ -98,9 +98,10 @@ pub struct DatagenArgs {
     /// Also write the summary as JSON
     #[arg(long)]
     report: Option<PathBuf>,
-    /// The directory with HumanEval.jsonl.gz and mbpp.jsonl, for decontamination
-    #[arg(long, default_value_os_t = eval::default_data_dir())]
-    benchmarks: PathBuf,
+    /// A directory with HumanEval.jsonl.gz and mbpp.jsonl, for decontamination [default: the copies built into
+    /// phi-tui]
+    #[arg(long)]
+    benchmarks: Option<PathBuf>,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -122,7 +123,7 @@ pub fn run(args: DatagenArgs) -> anyhow::Result<ExitCode> {
         Some(path) => Diversity::with_topic_file(path)?,
         None => Diversity::builtin(),
     };
-    let decontaminator = Decontaminator::from_benchmarks(&args.benchmarks)?;
+    let decontaminator = Decontaminator::from_benchmarks(&eval::BenchmarkData::from_dir(args.benchmarks.clone()))?;
     let sandbox = match args.kind {
         Kind::Exercises => {
             let sandbox = Sandbox::detect().context("setting up the sandbox for checking exercises")?;

@@ -79,16 +79,16 @@ pub struct EvalArgs {
     /// With --from: only print the report from the recorded verdicts
     #[arg(long, requires = "from")]
     no_exec: bool,
-    /// The directory with HumanEval.jsonl.gz and mbpp.jsonl
-    #[arg(long, default_value_os_t = eval::default_data_dir())]
-    data: PathBuf,
+    /// A directory with HumanEval.jsonl.gz and mbpp.jsonl [default: the copies built into phi-tui]
+    #[arg(long)]
+    data: Option<PathBuf>,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let mut tasks = eval::load_tasks(args.benchmark, &args.data)?;
+    let mut tasks = eval::load_tasks(args.benchmark, &eval::BenchmarkData::from_dir(args.data.clone()))?;
     if let Some(limit) = args.limit {
         tasks.truncate(limit);
     }

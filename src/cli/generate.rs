@@ -1,7 +1,7 @@
 //! `phi-tui generate`: one prompt in, its continuation streamed to stdout.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -86,9 +86,7 @@ struct JsonTimings {
 pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     let prompt = match (&args.prompt, &args.prompt_file) {
         (Some(text), _) => text.clone(),
-        (None, Some(path)) => {
-            std::fs::read_to_string(path).with_context(|| format!("reading the prompt from {}", path.display()))?
-        }
+        (None, Some(path)) => read_prompt_file(path)?,
         (None, None) => anyhow::bail!("give a prompt with -p or --prompt-file"),
     };
     let model = super::model_path(args.model.as_deref())?;
@@ -145,6 +143,25 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The largest prompt file read. A prompt must fit the model's context (phi-1's 2048 tokens are ~10 KB of code), so
+/// anything near this is a mistake — and `/dev/zero` or a FIFO that never ends would otherwise be read forever.
+const MAX_PROMPT_FILE_BYTES: u64 = 8 << 20;
+
+fn read_prompt_file(path: &Path) -> anyhow::Result<String> {
+    let file = std::fs::File::open(path).with_context(|| format!("reading the prompt from {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PROMPT_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading the prompt from {}", path.display()))?;
+    anyhow::ensure!(
+        bytes.len() as u64 <= MAX_PROMPT_FILE_BYTES,
+        "{}: the prompt file is larger than {} MiB; a prompt must fit the model's context",
+        path.display(),
+        MAX_PROMPT_FILE_BYTES >> 20
+    );
+    String::from_utf8(bytes).with_context(|| format!("{}: the prompt is not UTF-8 text", path.display()))
 }
 
 fn stop_reason_name(reason: &StopReason) -> String {

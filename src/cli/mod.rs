@@ -108,8 +108,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
 /// How to run the model: shared by every subcommand that loads one.
 #[derive(Args, Debug, Clone)]
 struct RuntimeArgs {
-    /// CPU threads (default: all cores)
-    #[arg(long, short = 't')]
+    /// CPU threads (default: all cores; at most four per core)
+    #[arg(long, short = 't', value_parser = clap::value_parser!(u32).range(1..=512))]
     threads: Option<u32>,
     /// Layers to offload to the GPU (default: all when built with a GPU backend)
     #[arg(long = "ngl", alias = "gpu-layers")]
@@ -120,9 +120,12 @@ struct RuntimeArgs {
     /// The GPU to use when there are several
     #[arg(long, default_value_t = 0)]
     main_gpu: u32,
-    /// Tokens of context (default: the model's training context)
-    #[arg(long = "ctx-size", short = 'c')]
+    /// Tokens of context (default: the model's training context, which is also the most allowed)
+    #[arg(long = "ctx-size", short = 'c', value_parser = clap::value_parser!(u32).range(16..=i32::MAX as i64))]
     context_size: Option<u32>,
+    /// Allow a context beyond the model's training context (it was not trained for it)
+    #[arg(long, requires = "context_size")]
+    force_context: bool,
     /// Directory of ggml backend modules (e.g. a CUDA backend built elsewhere); needs the `dynamic-backends` build
     #[arg(long, env = "PHI_TUI_BACKENDS_DIR")]
     backends_dir: Option<PathBuf>,
@@ -131,6 +134,7 @@ struct RuntimeArgs {
 impl RuntimeArgs {
     fn engine_options(&self, sequences: u32) -> anyhow::Result<EngineOptions> {
         use_backends_dir(self.backends_dir.as_deref())?;
+        check_threads(self.threads)?;
         Ok(EngineOptions {
             context_size: self.context_size,
             sequences,
@@ -138,6 +142,7 @@ impl RuntimeArgs {
             gpu_layers: self.gpu_layers,
             flash_attention: self.flash_attention,
             main_gpu: self.main_gpu,
+            context_beyond_training: self.force_context,
             ..EngineOptions::default()
         })
     }
@@ -162,11 +167,25 @@ impl RuntimeArgs {
         if let Some(context) = self.context_size {
             push("--ctx-size", context.to_string());
         }
+        if self.force_context {
+            args.push("--force-context".into());
+        }
         if let Some(dir) = &self.backends_dir {
             args.push("--backends-dir".into());
             args.push(dir.as_os_str().to_owned());
         }
         args
+    }
+}
+
+/// More threads than the machine can use slow llama.cpp down, and thousands crash its OpenMP runtime.
+fn check_threads(threads: Option<u32>) -> anyhow::Result<()> {
+    let most = phi_tui::engine::max_threads();
+    match threads {
+        Some(threads) if threads > most => {
+            anyhow::bail!("--threads {threads}: at most {most} on this machine (four per core, at least 64)")
+        }
+        _ => Ok(()),
     }
 }
 

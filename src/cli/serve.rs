@@ -13,6 +13,7 @@ use phi_tui::config::Config;
 use phi_tui::engine::{Engine, KvCacheLayout, SequenceId};
 use phi_tui::session::client::{DaemonLaunch, DaemonSession};
 use phi_tui::session::daemon::{self, DaemonOptions, Listening};
+use phi_tui::session::http::{self, HttpListening};
 use phi_tui::session::paths::SessionPaths;
 use phi_tui::session::{ClientKind, DaemonStatus, InferenceSession, LocalSession, SharedSession};
 
@@ -27,9 +28,10 @@ pub struct ServeArgs {
     /// one installed model; else the first client's)
     #[arg(long, short = 'm')]
     model: Option<PathBuf>,
-    /// Exit after this many seconds without clients; 0 never exits
-    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_IDLE_TIMEOUT_S)]
-    idle_timeout: u64,
+    /// Exit after this many seconds without clients; 0 never exits [default: 600; never for `serve` with an HTTP
+    /// listener, whose clients cannot start a daemon]
+    #[arg(long, value_name = "SECONDS")]
+    idle_timeout: Option<u64>,
     /// Clients served at once; each gets its own KV sequence
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=64))]
     max_clients: u32,
@@ -40,6 +42,15 @@ pub struct ServeArgs {
     /// Stop the running daemon (its clients start a new one on their next request)
     #[arg(long, conflicts_with_all = ["model", "spawned"])]
     stop: bool,
+    /// Also serve llama-server- and OpenAI-compatible HTTP endpoints here (default: `http` in the config file)
+    #[arg(long, value_name = "HOST:PORT")]
+    http: Option<String>,
+    /// Let the HTTP endpoints listen on a non-loopback address (every request still needs the token)
+    #[arg(long)]
+    http_allow_remote: bool,
+    /// Print the bearer token that HTTP clients must send (made on first use) and exit
+    #[arg(long, conflicts_with_all = ["model", "spawned", "stop", "http"])]
+    print_token: bool,
     /// Started by a client: log to the data directory and say "ready" on stdout once listening
     #[arg(long, hide = true)]
     spawned: bool,
@@ -48,6 +59,10 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    if args.print_token {
+        println!("{}", http_token()?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let paths = SessionPaths::for_user()?;
     if args.stop {
         return stop(&paths);
@@ -56,19 +71,31 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         // stdout is the starting client's pipe: the only thing written there is the readiness line.
         phi_tui::logging::init_file(&paths.log).with_context(|| format!("opening {}", paths.log.display()))?;
     }
+    let config = Config::load().ok();
     // A daemon that a client starts loads what that client asks for; one started by hand resolves a model as
     // every command does (a path or an installed name, the config's, the one installed model).
     let model = match (args.model, args.spawned) {
         (None, true) => None,
-        (given, _) => phi_tui::models::resolve(given.as_deref(), &Config::load().unwrap_or_default())?,
+        (given, _) => phi_tui::models::resolve(given.as_deref(), &config.clone().unwrap_or_default())?,
+    };
+    let http_address = args.http.clone().or_else(|| config.as_ref().and_then(|config| config.http.clone()));
+    // A wrong address fails before anything starts (a daemon started by a client goes on without HTTP).
+    let http_address = match http_address.map(|a| http::resolve(&a, args.http_allow_remote).map(|_| a)) {
+        Some(Err(error)) if args.spawned => {
+            tracing::error!(%error, "not serving HTTP");
+            None
+        }
+        other => other.transpose()?,
+    };
+    let idle_timeout = match args.idle_timeout {
+        Some(seconds) => seconds,
+        None if http_address.is_some() && !args.spawned => 0,
+        None => DEFAULT_IDLE_TIMEOUT_S,
     };
     let mut engine = args.runtime.engine_options(args.max_clients)?;
     engine.kv_cache = KvCacheLayout::Shared(args.kv_tokens);
-    let options = DaemonOptions {
-        engine,
-        model,
-        idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
-    };
+    let options =
+        DaemonOptions { engine, model, idle_timeout: (idle_timeout > 0).then(|| Duration::from_secs(idle_timeout)) };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         let listening = match Listening::bind(&paths) {
@@ -80,15 +107,41 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
             Err(e) => return Err(anyhow::Error::new(e)),
         };
+        let listening = match &http_address {
+            Some(address) => match http_token().and_then(|token| {
+                HttpListening::bind(address, args.http_allow_remote, token).map_err(anyhow::Error::new)
+            }) {
+                Ok(http) => listening.with_http(http),
+                Err(error) if args.spawned => {
+                    // The clients that started this daemon need it more than the HTTP endpoints do.
+                    tracing::error!(error = format!("{error:#}"), "not serving HTTP");
+                    listening
+                }
+                Err(error) => return Err(error),
+            },
+            None => listening,
+        };
         if args.spawned {
             println!("ready {}", std::process::id());
             std::io::stdout().flush()?;
         } else {
             eprintln!("phi-tui session daemon listening on {} (pid {})", paths.socket.display(), std::process::id());
+            if let Some(address) = listening.http_address() {
+                eprintln!(
+                    "HTTP endpoints on http://{address} (llama-server and OpenAI APIs); clients send the token of \
+                     `phi-tui serve --print-token`"
+                );
+            }
         }
         daemon::run(listening, options).await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The HTTP endpoints' bearer token, made on first use.
+fn http_token() -> anyhow::Result<String> {
+    let dir = phi_tui::config::config_dir()?;
+    Ok(http::token::load_or_create(&dir)?)
 }
 
 /// Sends SIGTERM to the running daemon and waits until it has gone. Works whatever its protocol version.
@@ -153,6 +206,9 @@ fn describe(status: &DaemonStatus) -> String {
         duration(status.uptime_s),
         status.socket.display()
     );
+    if let Some(address) = &status.http {
+        out.push_str(&format!("http     http://{address}\n"));
+    }
     match &status.engine.model {
         Some(model) => out.push_str(&format!(
             "model    {} ({}, {}, {} ctx) · {}\n",
@@ -180,13 +236,15 @@ fn describe(status: &DaemonStatus) -> String {
     if status.clients.is_empty() {
         out.push_str("clients  none\n");
     } else {
-        out.push_str("clients  kind     pid      connected  requests  p50 ms  p95 ms\n");
+        out.push_str("clients  kind     pid/peer  connected  requests  p50 ms  p95 ms\n");
         for client in &status.clients {
             let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+            // An HTTP client has no pid the daemon knows: its address says which one it is.
+            let who = client.peer.clone().unwrap_or_else(|| client.pid.to_string());
             out.push_str(&format!(
-                "         {:<8} {:<8} {:>9}  {:>8}  {:>6}  {:>6}\n",
+                "         {:<8} {:<9} {:>9}  {:>8}  {:>6}  {:>6}\n",
                 client.kind.name(),
-                client.pid,
+                who,
                 duration(client.connected_s),
                 client.requests,
                 ms(client.p50_ms),

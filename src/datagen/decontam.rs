@@ -3,10 +3,9 @@
 //! underscores, lowercased, so formatting and punctuation do not hide an overlap.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use super::Result;
-use crate::eval::{problem_texts, Benchmark};
+use crate::eval::{problem_texts, Benchmark, BenchmarkData};
 use crate::finetune::rng::Fnv64;
 
 /// The n-gram length phi-1 used.
@@ -21,10 +20,10 @@ pub struct Decontaminator {
 }
 
 impl Decontaminator {
-    /// HumanEval (164 prompts with canonical solutions) and MBPP (974 descriptions with code) from `data_dir`.
-    pub fn from_benchmarks(data_dir: &Path) -> Result<Self> {
-        let mut texts = problem_texts(Benchmark::HumanEval, data_dir)?;
-        texts.extend(problem_texts(Benchmark::Mbpp, data_dir)?);
+    /// HumanEval (164 prompts with canonical solutions) and MBPP (974 descriptions with code).
+    pub fn from_benchmarks(data: &BenchmarkData) -> Result<Self> {
+        let mut texts = problem_texts(Benchmark::HumanEval, data)?;
+        texts.extend(problem_texts(Benchmark::Mbpp, data)?);
         Ok(Self::from_texts(texts, NGRAM))
     }
 
@@ -101,7 +100,7 @@ mod tests {
 
     #[test]
     fn the_bundled_benchmarks_are_indexed() {
-        let index = Decontaminator::from_benchmarks(&crate::eval::default_data_dir()).unwrap();
+        let index = Decontaminator::from_benchmarks(&BenchmarkData::Bundled).unwrap();
         assert!(index.len() > 30_000, "{}", index.len());
         // HumanEval/0's docstring, reformatted.
         let sample = "def f(xs, t):\n    # Check if in given list of numbers, are any two numbers closer to each \

@@ -597,7 +597,7 @@ mod tests {
     }
 
     fn pipeline(teacher: Arc<Scripted>, options: DatagenOptions, files: &OutputFiles) -> Pipeline {
-        let decontaminator = Decontaminator::from_benchmarks(&crate::eval::default_data_dir()).unwrap();
+        let decontaminator = Decontaminator::from_benchmarks(&crate::eval::BenchmarkData::Bundled).unwrap();
         let sandbox = Sandbox::detect().expect("python3 for the sandbox");
         Pipeline::open(options, teacher, Diversity::builtin(), decontaminator, Some(sandbox), files).unwrap()
     }

@@ -30,9 +30,12 @@ use tokio::sync::{mpsc, oneshot};
 pub use ffi::{llama_cpp_version, quantize_model, QuantizeError};
 pub use sampling::SamplingParams;
 pub use text::StopPredicate;
+/// The checked reader of phi GGUF hyperparameters, shared with fine-tuning (which loads GGUF bases too).
+pub(crate) use validate::phi2_hparams;
 pub use worker::gpu_offload_available;
 #[cfg(feature = "dynamic-backends")]
 pub use worker::set_backends_dir;
+pub use worker::{max_threads, THREAD_NAME};
 
 /// A token id of the loaded model's vocabulary.
 pub type TokenId = i32;
@@ -70,6 +73,10 @@ pub enum EngineError {
     /// The shared session's daemon could not be reached, refused this client, or went away mid-request.
     #[error("{0}")]
     Daemon(String),
+    /// Something inside the engine (llama-cpp-2, most likely) panicked while serving the request. The request
+    /// failed; the engine keeps serving (without a model if the panic struck outside a request).
+    #[error("internal error in the engine: {0}")]
+    Internal(String),
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
@@ -124,6 +131,9 @@ pub struct EngineOptions {
     pub gpu_layers: Option<u32>,
     pub flash_attention: FlashAttention,
     pub main_gpu: u32,
+    /// Allow `context_size` beyond the model's training context (the model was not trained for it, and llama.cpp
+    /// allocates whatever is asked).
+    pub context_beyond_training: bool,
 }
 
 impl Default for EngineOptions {
@@ -137,6 +147,7 @@ impl Default for EngineOptions {
             gpu_layers: None,
             flash_attention: FlashAttention::Auto,
             main_gpu: 0,
+            context_beyond_training: false,
         }
     }
 }
@@ -465,6 +476,13 @@ impl Engine {
         self.call(|reply| worker::Command::Detokenize { tokens: tokens.to_vec(), reply }).await?
     }
 
+    /// A conversation of `(role, content)` messages laid out by the model's chat template (llama.cpp's template
+    /// engine), ending where the assistant's answer starts. `None` when the model has no chat template (phi-1's GGUF
+    /// has none) or one that llama.cpp does not know: the caller lays the conversation out itself.
+    pub async fn apply_chat_template(&self, messages: Vec<(String, String)>) -> Result<Option<String>> {
+        self.call(|reply| worker::Command::ApplyChatTemplate { messages, reply }).await?
+    }
+
     /// Loads (once per path) and applies a LoRA adapter at `scale`, replacing any other. Cached sequences are
     /// cleared: their keys and values were computed with other weights.
     pub async fn set_adapter(&self, path: &Path, scale: f32) -> Result<AdapterInfo> {
@@ -507,6 +525,15 @@ impl Engine {
     async fn call<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> worker::Command) -> Result<T> {
         let (reply, response) = oneshot::channel();
         self.commands.send(command(reply)).map_err(|_| EngineError::EngineStopped)?;
-        response.await.map_err(|_| EngineError::EngineStopped)
+        response.await.map_err(|_| self.reply_lost())
+    }
+
+    /// Why a command got no reply: the worker drops a command's reply only when a panic ended its handling, and
+    /// then goes on serving; if it is gone instead, nothing can be sent to it any more.
+    fn reply_lost(&self) -> EngineError {
+        match self.commands.send(worker::Command::Cancel { id: RequestId(0) }) {
+            Ok(()) => EngineError::Internal("the request failed inside the engine".to_owned()),
+            Err(_) => EngineError::EngineStopped,
+        }
     }
 }

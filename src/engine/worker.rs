@@ -1,6 +1,7 @@
 //! The engine thread: owns the llama model and context, schedules generations step by step.
 
 use std::num::NonZeroU32;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::OnceLock;
@@ -11,7 +12,7 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::{LlamaLoraAdapter, LlamaModel};
+use llama_cpp_2::model::{LlamaChatMessage, LlamaLoraAdapter, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::{DecodeError, LlamaBackendDeviceType, LogOptions};
@@ -29,6 +30,7 @@ pub(super) enum Command {
     LoadModel { path: PathBuf, progress: Option<LoadProgress>, reply: oneshot::Sender<Result<ModelInfo>> },
     Tokenize { text: String, parse_special: bool, reply: oneshot::Sender<Result<Vec<TokenId>>> },
     Detokenize { tokens: Vec<TokenId>, reply: oneshot::Sender<Result<String>> },
+    ApplyChatTemplate { messages: Vec<(String, String)>, reply: oneshot::Sender<Result<Option<String>>> },
     SetAdapter { path: PathBuf, scale: f32, reply: oneshot::Sender<Result<AdapterInfo>> },
     RemoveAdapter { reply: oneshot::Sender<Result<()>> },
     State { reply: oneshot::Sender<EngineState> },
@@ -98,32 +100,66 @@ fn load_backend_modules() -> Result<(), String> {
     Ok(())
 }
 
+/// The engine thread's name (the TUI's panic hook tells the engine's recoverable panics from fatal ones by it).
+pub const THREAD_NAME: &str = "phi-engine";
+/// The most prompt tokens one step decodes; llama.cpp sizes its compute buffers by it.
+const MAX_BATCH_SIZE: u32 = 1 << 16;
+
 pub(super) fn spawn(options: EngineOptions) -> Result<(Sender<Command>, std::thread::JoinHandle<()>)> {
     validate_options(&options)?;
     backend()?;
     let (commands, receiver) = mpsc::channel();
     let thread = std::thread::Builder::new()
-        .name("phi-engine".to_owned())
-        .spawn(move || Worker::new(receiver, options).run())
+        .name(THREAD_NAME.to_owned())
+        .spawn(move || {
+            let mut worker = Worker::new(receiver, options);
+            // A panic (inside llama-cpp-2, most likely) must not stop the engine for the rest of the process: the
+            // requests in flight fail, the model is dropped, and the worker serves again. Loads and requests catch
+            // their own panics first (see `run`); this is for whatever is left.
+            while let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| worker.run())) {
+                let error = EngineError::Internal(panic_message(&*panic));
+                tracing::error!(%error, "the engine recovered from a panic; no model is loaded");
+                worker.fail_all(&error);
+                worker.cached.clear();
+            }
+        })
         .map_err(|e| EngineError::Context(format!("cannot start the engine thread: {e}")))?;
     Ok((commands, thread))
 }
 
 fn validate_options(options: &EngineOptions) -> Result<()> {
-    let bad = |what: &str| Err(EngineError::Context(what.to_owned()));
+    let bad = |what: String| Err(EngineError::Context(what));
     if !(1..=64).contains(&options.sequences) {
-        return bad("the number of sequences must be between 1 and 64");
+        return bad("the number of sequences must be between 1 and 64".to_owned());
     }
-    if options.batch_size == 0 {
-        return bad("the batch size must be at least 1");
+    if !(1..=MAX_BATCH_SIZE).contains(&options.batch_size) {
+        return bad(format!("the batch size must be between 1 and {MAX_BATCH_SIZE}"));
     }
     if options.context_size.is_some_and(|n| n < 16) {
-        return bad("the context must hold at least 16 tokens");
+        return bad("the context must hold at least 16 tokens".to_owned());
     }
-    if options.threads == Some(0) {
-        return bad("at least one thread is needed");
+    if let Some(threads) = options.threads {
+        // Far more threads than cores only slows llama.cpp down, and thousands crash its OpenMP runtime.
+        let most = max_threads();
+        if !(1..=most).contains(&threads) {
+            return bad(format!("the number of threads must be between 1 and {most} on this machine"));
+        }
     }
     Ok(())
+}
+
+/// The most CPU threads accepted: four per core, at least 64, at most ggml's `GGML_MAX_N_THREADS` (512).
+pub fn max_threads() -> u32 {
+    default_threads().saturating_mul(4).clamp(64, 512)
+}
+
+/// The message of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(message), _) => (*message).to_owned(),
+        (None, Some(message)) => message.clone(),
+        (None, None) => "a panic without a message".to_owned(),
+    }
 }
 
 /// A loaded model and the adapters loaded into it (llama.cpp frees adapters only with their model).
@@ -138,8 +174,10 @@ struct Loaded {
 /// Why the worker left the loop that serves one context.
 enum Exit {
     Shutdown,
+    /// A model file that passed its checks (`check_model`); one that fails them is answered without leaving.
     LoadModel {
         path: PathBuf,
+        facts: Box<ModelFacts>,
         progress: Option<LoadProgress>,
         reply: oneshot::Sender<Result<ModelInfo>>,
     },
@@ -150,6 +188,8 @@ enum Exit {
         reply: oneshot::Sender<Result<AdapterInfo>>,
     },
     ContextFailed(EngineError),
+    /// A panic ended a command or a step; its request failed. The context may be in any state: make a new one.
+    Panicked,
 }
 
 struct Worker {
@@ -205,7 +245,7 @@ impl Worker {
         Self { commands, options, jobs: Vec::new(), cached: Vec::new(), last_used: Vec::new(), steps: 0 }
     }
 
-    fn run(mut self) {
+    fn run(&mut self) {
         let mut loaded: Option<Loaded> = None;
         loop {
             let exit = match loaded.as_mut() {
@@ -214,11 +254,16 @@ impl Worker {
             };
             match exit {
                 Exit::Shutdown => return,
-                Exit::LoadModel { path, progress, reply } => {
+                Exit::LoadModel { path, facts, progress, reply } => {
                     self.fail_all(&EngineError::Context("the model was replaced".to_owned()));
                     // Free the old model before loading the new one: two 1.3B models may not fit.
                     loaded = None;
-                    let result = load_model(&path, progress, &self.options);
+                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        load_model(&path, *facts, progress, &self.options)
+                    }))
+                    .unwrap_or_else(|panic| {
+                        Err(EngineError::ModelLoad { path: path.clone(), reason: panic_message(&*panic) })
+                    });
                     let _ = reply.send(result.as_ref().map(|l| l.info.clone()).map_err(Clone::clone));
                     if let Ok(new) = result {
                         self.cached = vec![Vec::new(); new.info.sequences as usize];
@@ -247,6 +292,7 @@ impl Worker {
                     self.fail_all(&error);
                     loaded = None;
                 }
+                Exit::Panicked => {}
             }
         }
     }
@@ -255,7 +301,11 @@ impl Worker {
         loop {
             let Ok(command) = self.commands.recv() else { return Exit::Shutdown };
             match command {
-                Command::LoadModel { path, progress, reply } => return Exit::LoadModel { path, progress, reply },
+                Command::LoadModel { path, progress, reply } => {
+                    if let Some(exit) = self.load_model_exit(path, progress, reply) {
+                        return exit;
+                    }
+                }
                 Command::State { reply } => {
                     let _ = reply.send(EngineState::default());
                 }
@@ -265,6 +315,7 @@ impl Worker {
                 }
                 Command::Tokenize { reply, .. } => reply_no_model(reply),
                 Command::Detokenize { reply, .. } => reply_no_model(reply),
+                Command::ApplyChatTemplate { reply, .. } => reply_no_model(reply),
                 Command::SetAdapter { reply, .. } => reply_no_model(reply),
                 Command::RemoveAdapter { reply } => reply_no_model(reply),
                 Command::ClearSequence { reply, .. } => reply_no_model(reply),
@@ -304,7 +355,11 @@ impl Worker {
                 match self.commands.try_recv() {
                     Ok(command) => command,
                     Err(TryRecvError::Empty) => {
-                        self.step(&mut ctx, model, info, &mut batch);
+                        let stepped =
+                            std::panic::catch_unwind(AssertUnwindSafe(|| self.step(&mut ctx, model, info, &mut batch)));
+                        if let Err(panic) = stepped {
+                            return self.step_panicked(&*panic);
+                        }
                         continue;
                     }
                     Err(TryRecvError::Disconnected) => return Exit::Shutdown,
@@ -318,8 +373,14 @@ impl Worker {
                 adapters: &mut *adapters,
                 active_adapter: &mut *active_adapter,
             };
-            if let Some(exit) = self.handle(command, &mut session) {
-                return exit;
+            // A panic while handling a command drops its reply, which its caller sees as an internal error.
+            match std::panic::catch_unwind(AssertUnwindSafe(|| self.handle(command, &mut session))) {
+                Ok(Some(exit)) => return exit,
+                Ok(None) => {}
+                Err(panic) => {
+                    tracing::error!(panic = panic_message(&*panic), "a command panicked in the engine");
+                    return Exit::Panicked;
+                }
             }
         }
     }
@@ -327,12 +388,15 @@ impl Worker {
     /// Handles one command; returns an exit when the context must go.
     fn handle(&mut self, command: Command, session: &mut Session<'_, '_>) -> Option<Exit> {
         match command {
-            Command::LoadModel { path, progress, reply } => return Some(Exit::LoadModel { path, progress, reply }),
+            Command::LoadModel { path, progress, reply } => return self.load_model_exit(path, progress, reply),
             Command::Tokenize { text, parse_special, reply } => {
                 let _ = reply.send(Ok(tokenize(session.model, &text, parse_special)));
             }
             Command::Detokenize { tokens, reply } => {
                 let _ = reply.send(detokenize(session.model, session.info, &tokens));
+            }
+            Command::ApplyChatTemplate { messages, reply } => {
+                let _ = reply.send(Ok(apply_chat_template(session.model, &messages)));
             }
             Command::SetAdapter { path, scale, reply } => return self.set_adapter(session, path, scale, reply),
             Command::RemoveAdapter { reply } => {
@@ -629,6 +693,34 @@ impl Worker {
         }
     }
 
+    /// Checks a model file before anything is unloaded: one that fails its checks is answered here, and the working
+    /// model, its context and the generations on it stay as they are (F5 on a bad path in the TUI).
+    fn load_model_exit(
+        &self,
+        path: PathBuf,
+        progress: Option<LoadProgress>,
+        reply: oneshot::Sender<Result<ModelInfo>>,
+    ) -> Option<Exit> {
+        match check_model(&path, &self.options) {
+            Ok(facts) => Some(Exit::LoadModel { path, facts: Box::new(facts), progress, reply }),
+            Err(error) => {
+                let _ = reply.send(Err(error));
+                None
+            }
+        }
+    }
+
+    /// After a panic in `step`: the job that was running (the one stamped with this step) fails; the others go on
+    /// in a fresh context.
+    fn step_panicked(&mut self, panic: &(dyn std::any::Any + Send)) -> Exit {
+        let error = EngineError::Internal(panic_message(panic));
+        tracing::error!(%error, "a generation step panicked in the engine");
+        if let Some(index) = self.jobs.iter().position(|job| job.last_step == self.steps) {
+            fail(self.jobs.remove(index), error);
+        }
+        Exit::Panicked
+    }
+
     fn fail_all(&mut self, error: &EngineError) {
         for job in self.jobs.drain(..) {
             fail(job, error.clone());
@@ -738,10 +830,55 @@ fn detokenize(model: &LlamaModel, info: &ModelInfo, tokens: &[TokenId]) -> Resul
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-fn load_model(path: &Path, progress: Option<LoadProgress>, options: &EngineOptions) -> Result<Loaded> {
+/// `messages` (role, content) laid out by the model's own chat template, ending where the assistant's answer
+/// starts; `None` when the model has no template, or one that llama.cpp's template engine does not know.
+fn apply_chat_template(model: &LlamaModel, messages: &[(String, String)]) -> Option<String> {
+    let template = model.chat_template(None).ok()?;
+    // A NUL cannot cross into C; it has no business in a chat message anyway.
+    let chat: Vec<LlamaChatMessage> = messages
+        .iter()
+        .filter_map(|(role, content)| LlamaChatMessage::new(role.replace('\0', ""), content.replace('\0', "")).ok())
+        .collect();
+    match model.apply_chat_template(&template, &chat, true) {
+        Ok(prompt) => Some(prompt),
+        Err(error) => {
+            tracing::warn!(%error, "the model's chat template cannot be applied; using the plain layout");
+            None
+        }
+    }
+}
+
+/// Everything that can be known about a load before llama.cpp starts it: the file (see `validate::model_file`) and
+/// the context it would get, which must suit the model and, when the KV cache lives in RAM, fit in it.
+fn check_model(path: &Path, options: &EngineOptions) -> Result<ModelFacts> {
     let facts = validate::model_file(path)?;
     let backend = backend()?;
-    let gpu_layers = options.gpu_layers.unwrap_or(if backend.supports_gpu_offload() { 999 } else { 0 });
+    // The same size as `context_params` gives the context.
+    let per_sequence = options.context_size.unwrap_or(facts.hparams.context_length).max(16);
+    let on_cpu = !backend.supports_gpu_offload() || gpu_layers(options, backend) == 0;
+    validate::context_fits(
+        &facts.hparams,
+        per_sequence,
+        options.sequences,
+        options.context_beyond_training,
+        if on_cpu { validate::available_memory() } else { None },
+    )
+    .map_err(|reason| EngineError::Context(format!("{}: {reason}", path.display())))?;
+    Ok(facts)
+}
+
+fn gpu_layers(options: &EngineOptions, backend: &LlamaBackend) -> u32 {
+    options.gpu_layers.unwrap_or(if backend.supports_gpu_offload() { 999 } else { 0 })
+}
+
+fn load_model(
+    path: &Path,
+    facts: ModelFacts,
+    progress: Option<LoadProgress>,
+    options: &EngineOptions,
+) -> Result<Loaded> {
+    let backend = backend()?;
+    let gpu_layers = gpu_layers(options, backend);
     let mut params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers).with_main_gpu(options.main_gpu as i32);
     if let Some(mut progress) = progress {
         params = params.with_progress_callback(move |fraction| {

@@ -22,10 +22,58 @@ const HUMANEVAL_STOPS: [&str; 5] = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"
 /// The end marker of the MBPP prompt format, and the start of another task should the model skip it.
 const MBPP_STOPS: [&str; 2] = ["[DONE]", "\nYou are an expert Python programmer"];
 
-/// The data directory bundled with the sources (`assets/eval`), fixed at compile time.
-pub fn default_data_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/eval"))
+/// Where the benchmark files come from: the copies built into the binary (`assets/eval`, so that a binary installed
+/// or built elsewhere needs no source tree), or a directory that holds `HumanEval.jsonl.gz` and `mbpp.jsonl`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum BenchmarkData {
+    #[default]
+    Bundled,
+    Dir(PathBuf),
 }
+
+impl BenchmarkData {
+    /// `--data DIR` when given, else the bundled copies.
+    pub fn from_dir(dir: Option<PathBuf>) -> Self {
+        dir.map_or(Self::Bundled, Self::Dir)
+    }
+
+    /// A benchmark file's text (HumanEval's decompressed), and the path that names it in errors.
+    fn read(&self, benchmark: Benchmark) -> Result<(String, PathBuf)> {
+        let dir = match self {
+            Self::Bundled => {
+                let path = PathBuf::from(format!("(built in) {}", benchmark.file_name()));
+                let text = match benchmark {
+                    Benchmark::HumanEval => read_gzip(BUNDLED_HUMANEVAL, &path)?,
+                    Benchmark::Mbpp => BUNDLED_MBPP.to_owned(),
+                };
+                return Ok((text, path));
+            }
+            Self::Dir(dir) => dir,
+        };
+        let path = dir.join(benchmark.file_name());
+        let file = std::fs::File::open(&path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => EvalError::Missing {
+                path: path.clone(),
+                hint: format!("pass --data DIR, the directory that holds {}", benchmark.file_name()),
+            },
+            _ => EvalError::Io { path: path.clone(), source },
+        })?;
+        let text = match benchmark {
+            Benchmark::HumanEval => read_gzip(BufReader::new(file), &path)?,
+            Benchmark::Mbpp => {
+                let mut text = String::new();
+                BufReader::new(file)
+                    .read_to_string(&mut text)
+                    .map_err(|source| EvalError::Io { path: path.clone(), source })?;
+                text
+            }
+        };
+        Ok((text, path))
+    }
+}
+
+const BUNDLED_HUMANEVAL: &[u8] = include_bytes!("../../assets/eval/HumanEval.jsonl.gz");
+const BUNDLED_MBPP: &str = include_str!("../../assets/eval/mbpp.jsonl");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Benchmark {
@@ -105,47 +153,26 @@ impl Task {
     }
 }
 
-/// Loads a benchmark's evaluation tasks from `data_dir`: all 164 HumanEval problems, or MBPP tasks 11–510.
-pub fn load_tasks(benchmark: Benchmark, data_dir: &Path) -> Result<Vec<Task>> {
-    let path = data_dir.join(benchmark.file_name());
-    let file = std::fs::File::open(&path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => EvalError::Missing {
-            path: path.clone(),
-            hint: format!("pass --data DIR, the directory that holds {}", benchmark.file_name()),
-        },
-        _ => EvalError::Io { path: path.clone(), source },
-    })?;
+/// Loads a benchmark's evaluation tasks: all 164 HumanEval problems, or MBPP tasks 11–510.
+pub fn load_tasks(benchmark: Benchmark, data: &BenchmarkData) -> Result<Vec<Task>> {
+    let (text, path) = data.read(benchmark)?;
     match benchmark {
-        Benchmark::HumanEval => {
-            let text = read_gzip(file, &path)?;
-            humaneval_tasks(&text, &path)
-        }
-        Benchmark::Mbpp => {
-            let mut text = String::new();
-            BufReader::new(file)
-                .read_to_string(&mut text)
-                .map_err(|source| EvalError::Io { path: path.clone(), source })?;
-            mbpp_tasks(&text, &path)
-        }
+        Benchmark::HumanEval => humaneval_tasks(&text, &path),
+        Benchmark::Mbpp => mbpp_tasks(&text, &path),
     }
 }
 
 /// Every problem's statement and reference solution, as one text per problem: all 164 HumanEval prompts with their
 /// canonical solutions, and all 974 MBPP descriptions with their code (not only the evaluated tasks). This is what
 /// training data must not overlap (see the dataset generator's decontamination).
-pub fn problem_texts(benchmark: Benchmark, data_dir: &Path) -> Result<Vec<(String, String)>> {
-    let path = data_dir.join(benchmark.file_name());
-    let file = std::fs::File::open(&path).map_err(|source| EvalError::Io { path: path.clone(), source })?;
+pub fn problem_texts(benchmark: Benchmark, data: &BenchmarkData) -> Result<Vec<(String, String)>> {
+    let (text, path) = data.read(benchmark)?;
     match benchmark {
         Benchmark::HumanEval => {
-            let rows: Vec<(usize, HumanEvalRow)> = parse_jsonl(&read_gzip(file, &path)?, &path)?;
+            let rows: Vec<(usize, HumanEvalRow)> = parse_jsonl(&text, &path)?;
             Ok(rows.into_iter().map(|(_, r)| (r.task_id, format!("{}{}", r.prompt, r.canonical_solution))).collect())
         }
         Benchmark::Mbpp => {
-            let mut text = String::new();
-            BufReader::new(file)
-                .read_to_string(&mut text)
-                .map_err(|source| EvalError::Io { path: path.clone(), source })?;
             let rows: Vec<(usize, MbppRow)> = parse_jsonl(&text, &path)?;
             Ok(rows
                 .into_iter()
@@ -155,9 +182,9 @@ pub fn problem_texts(benchmark: Benchmark, data_dir: &Path) -> Result<Vec<(Strin
     }
 }
 
-fn read_gzip(file: std::fs::File, path: &Path) -> Result<String> {
+fn read_gzip(compressed: impl Read, path: &Path) -> Result<String> {
     let mut text = String::new();
-    flate2::read::GzDecoder::new(BufReader::new(file))
+    flate2::read::GzDecoder::new(compressed)
         .read_to_string(&mut text)
         .map_err(|e| EvalError::Gzip { path: path.to_path_buf(), reason: e.to_string() })?;
     Ok(text)

@@ -12,9 +12,20 @@ use crate::sandbox::{Sandbox, SandboxLimits};
 
 /// Tests one completion of `task` in the sandbox. A sandbox failure is recorded as a failed sample with verdict
 /// [`Verdict::Error`] (and logged) so that a long run goes on.
+///
+/// A sample passes only when its program exits with 0 *and* its checks ran to the end: the program prints a marker
+/// after them, which a completion that leaves early (`sys.exit(0)` or `os._exit(0)` at top level, before the
+/// checks) never prints. The marker is new for every run, so a completion cannot simply contain it.
 pub fn score(task: &Task, sample: u32, completion: &str, sandbox: &Sandbox, limits: &SandboxLimits) -> SampleResult {
-    let program = task.program(completion);
+    let marker = checks_completed_marker();
+    let program = format!("{}\nprint({marker:?}, flush=True)\n", task.program(completion));
     let (passed, result, verdict, duration_ms) = match sandbox.run_python(&program, limits) {
+        Ok(outcome) if outcome.passed() && !outcome.stdout.lines().any(|line| line.trim_end() == marker) => (
+            false,
+            "failed: the program exited before its checks ran to the end".to_owned(),
+            Verdict::Failed,
+            outcome.duration.as_millis() as u64,
+        ),
         Ok(outcome) => (outcome.passed(), outcome.reason(), Verdict::of(&outcome), outcome.duration.as_millis() as u64),
         Err(error) => {
             tracing::warn!(task = %task.task_id, sample, %error, "the sandbox could not run a sample");
@@ -30,6 +41,14 @@ pub fn score(task: &Task, sample: u32, completion: &str, sandbox: &Sandbox, limi
         verdict,
         duration_ms,
     }
+}
+
+/// A line no completion contains by chance: fixed text and 64 random bits (std's per-instance hash keys).
+fn checks_completed_marker() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(0);
+    format!("phi-tui: checks completed {:016x}", hasher.finish())
 }
 
 /// Scores `(task index, sample, completion)` jobs with `jobs` parallel workers; results in job order.

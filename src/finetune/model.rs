@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Storage, Tensor, D};
-use phi_converters::gguf::{GgmlType, GgufFile, MetadataValue};
+use phi_converters::gguf::{GgmlType, GgufFile};
 use phi_converters::Layout as CheckpointLayout;
 
 use super::cpu_ops;
@@ -578,59 +578,28 @@ fn load_hf(dir: &Path, device: &Device) -> Result<BaseModel> {
 fn load_gguf(path: &Path, device: &Device) -> Result<BaseModel> {
     let file = GgufFile::open(path).map_err(|e| FinetuneError::base(path, e.reason))?;
     let fail = |reason: String| FinetuneError::base(path, reason);
-    match file.get_str("general.architecture") {
-        Some("phi2") => {}
-        Some(other) => return Err(fail(format!("architecture `{other}`; only phi (GGUF `phi2`) can be trained"))),
-        None => return Err(fail("no general.architecture".to_owned())),
-    }
     if let Some(kind) = file.get_str("general.type") {
         if kind != "model" {
             return Err(fail(format!("this GGUF is a `{kind}`, not a model")));
         }
     }
-    let get = |key: &str| -> Result<u64> {
-        file.get(&format!("phi2.{key}"))
-            .and_then(|v| v.as_u64())
-            .ok_or_else(|| fail(format!("missing or invalid `phi2.{key}`")))
-    };
-    let hidden = get("embedding_length")? as usize;
-    let heads = get("attention.head_count")? as usize;
-    let kv_heads = file.get("phi2.attention.head_count_kv").and_then(|v| v.as_u64()).map_or(heads, |v| v as usize);
+    // The engine's checks of a phi GGUF: architecture, every hyperparameter (the layer count bounded by the tensors
+    // present) and every tensor's shape, so nothing below indexes or allocates by an unchecked value.
+    let hparams = crate::engine::phi2_hparams(&file).map_err(fail)?;
     // Stored as f32; its shortest decimal form is the value the config had (1e-5, not 9.99999974e-6).
-    let eps = match file.get("phi2.attention.layer_norm_epsilon") {
-        Some(MetadataValue::F32(eps)) => eps.to_string().parse::<f64>().unwrap_or(f64::from(*eps)),
-        Some(other) => other.as_f64().ok_or_else(|| fail("invalid `phi2.attention.layer_norm_epsilon`".to_owned()))?,
-        None => return Err(fail("missing `phi2.attention.layer_norm_epsilon`".to_owned())),
-    };
-    let dims_of = |name: &str| -> Result<Vec<usize>> {
-        let info = file.tensor(name).ok_or_else(|| fail(format!("missing tensor `{name}`")))?;
-        Ok(info.dims.iter().rev().map(|&d| d as usize).collect())
-    };
-    // `feed_forward_length` is always 4·n_embd in llama.cpp's converter; the tensor says what the model has.
-    let intermediate = dims_of("blk.0.ffn_up.weight")?[0];
-    let vocab = dims_of("token_embd.weight")?[0];
-    if heads == 0 || kv_heads == 0 || hidden % heads != 0 || heads % kv_heads != 0 {
-        return Err(fail(format!("inconsistent head counts: {heads} heads, {kv_heads} kv heads, width {hidden}")));
-    }
+    let eps = hparams.layer_norm_epsilon;
     let config = PhiConfig {
-        vocab_size: vocab,
-        hidden_size: hidden,
-        intermediate_size: intermediate,
-        num_layers: get("block_count")? as usize,
-        num_heads: heads,
-        num_kv_heads: kv_heads,
-        context_length: get("context_length")? as usize,
-        layer_norm_eps: eps,
-        rope_dims: get("rope.dimension_count")? as usize,
-        rope_theta: file.get("phi2.rope.freq_base").and_then(|v| v.as_f64()).unwrap_or(10000.0),
+        vocab_size: hparams.vocab_size as usize,
+        hidden_size: hparams.embedding_length as usize,
+        intermediate_size: hparams.feed_forward_length as usize,
+        num_layers: hparams.block_count as usize,
+        num_heads: hparams.head_count as usize,
+        num_kv_heads: hparams.head_count_kv as usize,
+        context_length: hparams.context_length as usize,
+        layer_norm_eps: eps.to_string().parse::<f64>().unwrap_or(f64::from(eps)),
+        rope_dims: hparams.rope_dimension_count as usize,
+        rope_theta: f64::from(hparams.rope_freq_base),
     };
-    if config.rope_dims > config.head_dim() || config.rope_dims % 2 != 0 {
-        return Err(fail(format!(
-            "rope.dimension_count {} does not fit head size {}",
-            config.rope_dims,
-            hidden / heads
-        )));
-    }
     let mut tensors = HashMap::new();
     for info in file.tensors() {
         let dtype = match info.ggml_type {

@@ -13,7 +13,9 @@
 //!   mount, IPC and pid namespaces (see `namespaces.rs`). There is no network (only a loopback interface that is
 //!   down), every mount is read-only except the work directory, the process tree dies with the program, its
 //!   signals reach nothing outside, and on Linux ≥ 6.14 the pid namespace's `pid_max` caps its processes. Every
-//!   capability is dropped before Python starts.
+//!   capability is dropped before Python starts;
+//! - a seccomp filter (see `seccomp.rs`): no Unix sockets, so no socket file of the host (which a read-only mount
+//!   does not protect) can be reached, and no io_uring.
 //!
 //! What is available is found once by [`Sandbox::detect`], which runs probe programs and reports what it *observed*
 //! (e.g. that a connection to a listening local port failed) as an [`Isolation`].
@@ -24,6 +26,7 @@
 mod capture;
 mod doctest;
 mod namespaces;
+mod seccomp;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -39,6 +42,7 @@ use std::time::{Duration, Instant};
 use capture::Capture;
 pub use doctest::{doctest_counts, doctest_program, RESULT_MARK, SYNTAX_ERROR_EXIT};
 use namespaces::NamespacePlan;
+use seccomp::UnixSocketFilter;
 
 /// Runs `program.py` as `__main__`, after the optional process-creation guard.
 const PRELUDE: &str = include_str!("prelude.py");
@@ -201,6 +205,8 @@ pub struct Isolation {
     pub namespaces: bool,
     /// A connection to a port listening on the host's loopback failed.
     pub network: bool,
+    /// A connection to a Unix socket of the host that anyone may write to failed.
+    pub unix_sockets: bool,
     /// Creating a file in the shared temporary directory (and `/dev/shm`) failed.
     pub filesystem: bool,
     /// The program's process tree dies with it and its signals reach nothing outside.
@@ -352,6 +358,7 @@ impl Config {
             command.uid(uid).gid(gid);
         }
         let rlimits = Rlimits::new(limits, self.run_as.is_some());
+        let filter = UnixSocketFilter::new();
         let plan = match self.namespaces {
             true => {
                 // SAFETY: geteuid and getegid have no preconditions.
@@ -365,10 +372,15 @@ impl Config {
         unsafe {
             command.pre_exec(move || {
                 rlimits.apply()?;
-                match &plan {
-                    Some(plan) => plan.enter(),
-                    None => Ok(()),
+                if let Some(plan) = &plan {
+                    plan.enter()?;
                 }
+                // Last, so that it binds only the program. A kernel without seccomp runs it without the filter;
+                // the probe then reports Unix sockets as reachable.
+                if let Some(filter) = &filter {
+                    let _ = filter.install();
+                }
+                Ok(())
             });
         }
         Ok(command)
@@ -728,6 +740,7 @@ fn which(name: &str) -> Option<PathBuf> {
 fn probe(config: &Config) -> std::result::Result<Isolation, String> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).map_err(|e| format!("binding a probe port: {e}"))?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let host_socket = HostUnixSocket::bind().map_err(|e| format!("binding a probe Unix socket: {e}"))?;
     let shared_tmp = std::env::temp_dir();
     let marker = format!("phi-tui-sandbox-probe-{}-{port}", std::process::id());
     let outside = [shared_tmp.join(&marker), PathBuf::from("/dev/shm").join(&marker)];
@@ -739,6 +752,14 @@ def connects():
     s.settimeout(2)
     try:
         s.connect(("127.0.0.1", {port}))
+        return True
+    except OSError:
+        return False
+def connects_unix(path):
+    try:
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(2)
+        s.connect(path)
         return True
     except OSError:
         return False
@@ -754,9 +775,11 @@ try:
 except (OSError, ValueError):
     pid_max = 0
 print(json.dumps({{"version": sys.version.split()[0], "pid": os.getpid(), "connects": connects(),
+    "connects_unix": connects_unix({unix_socket:?}),
     "writes": [writes(p) for p in {outside:?}], "pid_max": pid_max, "cwd_writable": writes("probe.txt")}}))
 "#,
         outside = outside.iter().map(|p| p.to_string_lossy().into_owned()).collect::<Vec<_>>(),
+        unix_socket = host_socket.path().to_string_lossy(),
     );
     let limits = SandboxLimits { wall_time: Duration::from_secs(20), ..SandboxLimits::default() };
     let sandbox = Sandbox { config: config.clone(), isolation: placeholder_isolation(config) };
@@ -776,6 +799,7 @@ print(json.dumps({{"version": sys.version.split()[0], "pid": os.getpid(), "conne
     }
     let namespaces = config.namespaces;
     let network = !flag("connects");
+    let unix_sockets = !flag("connects_unix");
     let filesystem = report
         .get("writes")
         .and_then(serde_json::Value::as_array)
@@ -798,6 +822,7 @@ print(json.dumps({{"version": sys.version.split()[0], "pid": os.getpid(), "conne
         "no namespaces (not permitted here)".to_owned()
     }];
     parts.push(if network { "no network".to_owned() } else { "NETWORK REACHABLE".to_owned() });
+    parts.push(if unix_sockets { "no Unix sockets".to_owned() } else { "HOST UNIX SOCKETS REACHABLE".to_owned() });
     parts.push(if filesystem {
         "read-only filesystem except the work dir".to_owned()
     } else {
@@ -823,6 +848,7 @@ print(json.dumps({{"version": sys.version.split()[0], "pid": os.getpid(), "conne
         python_version: version,
         namespaces,
         network,
+        unix_sockets,
         filesystem,
         pid_namespace,
         process_cap,
@@ -831,12 +857,36 @@ print(json.dumps({{"version": sys.version.split()[0], "pid": os.getpid(), "conne
     })
 }
 
+/// A Unix socket that anyone may connect to, in a directory anyone may enter (as `/tmp` sockets of desktop
+/// services are): what the probe tries to reach from inside. Removed on drop.
+struct HostUnixSocket {
+    dir: tempfile::TempDir,
+    _listener: std::os::unix::net::UnixListener,
+}
+
+impl HostUnixSocket {
+    fn bind() -> io::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new().prefix("phi-tui-sandbox-probe-").tempdir()?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        let path = dir.path().join("socket");
+        let listener = std::os::unix::net::UnixListener::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))?;
+        Ok(Self { dir, _listener: listener })
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("socket")
+    }
+}
+
 fn placeholder_isolation(config: &Config) -> Isolation {
     Isolation {
         python: config.python.clone(),
         python_version: String::new(),
         namespaces: config.namespaces,
         network: false,
+        unix_sockets: false,
         filesystem: false,
         pid_namespace: false,
         process_cap: ProcessCap::None,

@@ -1,11 +1,14 @@
 //! The session daemon (`phi-tui serve`): one engine, one loaded model and adapter, one KV pool, shared by every
-//! client that connects to its socket.
+//! client that connects to its socket (or to its HTTP front-end, [`super::http`]).
 //!
 //! Each client gets a sequence of its own (its KV cache, so its prompt prefix stays cached between its requests)
 //! and a [`LocalSession`] on it; the daemon is that session behind a socket. Calls run as tasks, so a connection
 //! keeps reading (a `Cancel`, say) while a generation streams. A client that disconnects cancels its generations
 //! and gives its sequence back. The daemon exits on SIGTERM/SIGINT, after an idle timeout with no clients, or when
 //! its socket is removed from under it.
+//!
+//! Both front-ends attach their clients with [`Daemon::attach`] and generate through [`Client::generate`], so the
+//! records, counters and sequence pool are one.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -18,6 +21,7 @@ use tokio::net::unix::OwnedReadHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::http::{self, HttpListening};
 use super::paths::{effective_uid, DaemonLock, PathsError, SessionPaths};
 use super::protocol::{
     read_frame, write_frame, Answer, Call, ClientInfo, ClientKind, ClientMessage, ClientStatus, DaemonMessage,
@@ -25,7 +29,8 @@ use super::protocol::{
 };
 use super::{notice_channel, InferenceSession, LocalSession, Notice, SessionRequest};
 use crate::engine::{
-    Engine, EngineError, EngineOptions, GenerationEvent, GenerationSummary, LoadProgress, SequenceId, StopReason,
+    Engine, EngineError, EngineOptions, Generation, GenerationEvent, GenerationSummary, LoadProgress, SequenceId,
+    StopPredicate, StopReason,
 };
 
 /// How long a client may take to say hello.
@@ -58,11 +63,12 @@ pub struct DaemonOptions {
     pub idle_timeout: Option<Duration>,
 }
 
-/// The socket, bound, with the lock that makes this process the one daemon.
+/// The socket, bound, with the lock that makes this process the one daemon; and the HTTP listener, if any.
 pub struct Listening {
     listener: UnixListener,
     paths: SessionPaths,
     socket_inode: u64,
+    http: Option<HttpListening>,
     _lock: DaemonLock,
 }
 
@@ -85,7 +91,18 @@ impl Listening {
             path: paths.pid.clone(),
             source,
         })?;
-        Ok(Self { listener, paths: paths.clone(), socket_inode, _lock: lock })
+        Ok(Self { listener, paths: paths.clone(), socket_inode, http: None, _lock: lock })
+    }
+
+    /// Where the HTTP front-end listens, if there is one.
+    pub fn http_address(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().map(HttpListening::address)
+    }
+
+    /// Adds an HTTP front-end (bound already), served by the same daemon as the socket.
+    pub fn with_http(mut self, http: HttpListening) -> Self {
+        self.http = Some(http);
+        self
     }
 
     /// Whether the socket file is still the one this daemon bound.
@@ -99,10 +116,14 @@ fn read_pid(paths: &SessionPaths) -> Option<u32> {
 }
 
 /// Serves until a signal, the idle timeout, or the socket's removal. Removes the socket and pid file on the way out.
-pub async fn run(listening: Listening, options: DaemonOptions) -> Result<(), DaemonError> {
+pub async fn run(mut listening: Listening, options: DaemonOptions) -> Result<(), DaemonError> {
     let engine = Engine::start(options.engine.clone())?;
-    let daemon = Arc::new(Daemon::new(engine, listening.paths.clone(), options.engine.sequences));
+    let http_address = listening.http.as_ref().map(|http| http.address().to_string());
+    let daemon = Arc::new(Daemon::new(engine, listening.paths.clone(), options.engine.sequences, http_address));
     tracing::info!(socket = %listening.paths.socket.display(), pid = std::process::id(), "session daemon listening");
+    if let Some(http) = listening.http.take() {
+        tokio::spawn(http::serve(http, Arc::clone(&daemon)));
+    }
     if let Some(model) = options.model.clone() {
         let daemon = Arc::clone(&daemon);
         tokio::spawn(async move {
@@ -158,11 +179,13 @@ async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
     }
 }
 
-/// What the connections share.
-struct Daemon {
+/// What the front-ends share: the engine, the clients and the counters.
+pub(super) struct Daemon {
     engine: Engine,
     notices: broadcast::Sender<Notice>,
     paths: SessionPaths,
+    /// Where the HTTP front-end listens, if it does.
+    http_address: Option<String>,
     started: Instant,
     /// Which sequences a client holds.
     sequences_in_use: Mutex<Vec<bool>>,
@@ -187,11 +210,143 @@ struct Counters {
 
 struct ClientRecord {
     info: ClientInfo,
+    peer: Option<String>,
     sequence: u32,
     connected: Instant,
     requests: u64,
     generations: u64,
     latencies_ms: VecDeque<f64>,
+}
+
+/// A sequence id that is never valid: a probe's, which generates nothing.
+const NO_SEQUENCE: u32 = u32::MAX;
+
+/// A client of the daemon, whichever front-end it came through (a socket connection, an HTTP connection): its
+/// record for `phi-tui status` and a session on its own sequence. [`Attached::detach`] (or dropping it) gives the
+/// sequence back.
+pub(super) struct Attached {
+    client: Client,
+    sequence: u32,
+    detached: bool,
+}
+
+/// What a client's calls need: its session, and the daemon to record them in. Cheap to clone into a call's task.
+#[derive(Clone)]
+pub(super) struct Client {
+    daemon: Arc<Daemon>,
+    id: u64,
+    session: LocalSession,
+}
+
+impl Attached {
+    pub(super) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(super) fn sequence(&self) -> u32 {
+        self.sequence
+    }
+
+    /// Leaves the daemon: the client's record goes, and its sequence is cleared and given back.
+    pub(super) async fn detach(mut self) {
+        self.detached = true;
+        self.client.daemon.unregister(self.client.id, self.sequence, true).await;
+    }
+
+    /// Leaves the daemon, giving the sequence back with its cache kept, for a next client that likely shares its
+    /// prompt prefix (see [`Daemon::attach`]'s `preferred`). The cache costs nothing while it is not needed: the
+    /// KV pool evicts the least recently used sequence when it is full.
+    pub(super) async fn detach_keeping_cache(mut self) {
+        self.detached = true;
+        self.client.daemon.unregister(self.client.id, self.sequence, false).await;
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
+        let (daemon, id, sequence) = (Arc::clone(&self.client.daemon), self.client.id, self.sequence);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { daemon.unregister(id, sequence, true).await });
+        }
+    }
+}
+
+impl Client {
+    pub(super) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(super) fn session(&self) -> &LocalSession {
+        &self.session
+    }
+
+    pub(super) fn count_request(&self) {
+        self.daemon.with_client(self.id, |record| record.requests += 1);
+    }
+
+    /// Starts a generation on the client's sequence, counted in the daemon's counters and the client's record.
+    /// `predicate` adds a stop rule that cannot cross a socket (a front-end inside the daemon may pass one).
+    pub(super) fn generate(&self, request: SessionRequest, predicate: Option<StopPredicate>) -> TrackedGeneration {
+        self.daemon.counters.generations.fetch_add(1, Ordering::Relaxed);
+        TrackedGeneration {
+            generation: Some(self.session.generate_with_predicate(request, predicate)),
+            daemon: Arc::clone(&self.daemon),
+            client_id: self.id,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// A generation whose end is recorded (tokens, latency, cancelled or not). Dropping it before its end cancels it
+/// within one step, and its end is still recorded: a client that goes away mid-stream shows in the counters.
+pub(super) struct TrackedGeneration {
+    generation: Option<Generation>,
+    daemon: Arc<Daemon>,
+    client_id: u64,
+    started: Instant,
+}
+
+impl TrackedGeneration {
+    /// The next event; `None` after the last one.
+    pub(super) async fn next(&mut self) -> Option<Result<GenerationEvent, EngineError>> {
+        let event = self.generation.as_mut()?.next().await;
+        match &event {
+            Some(Ok(GenerationEvent::Delta { .. })) => {}
+            Some(Ok(GenerationEvent::Finished(summary))) => {
+                self.daemon.record(self.client_id, summary, self.started.elapsed());
+                self.generation = None;
+            }
+            _ => self.generation = None,
+        }
+        event
+    }
+
+    /// Stops the generation within one step; it still ends with a `Finished` event.
+    pub(super) fn cancel(&self) {
+        if let Some(generation) = &self.generation {
+            generation.cancel();
+        }
+    }
+}
+
+impl Drop for TrackedGeneration {
+    fn drop(&mut self) {
+        let Some(mut generation) = self.generation.take() else { return };
+        generation.cancel();
+        let (daemon, client_id, started) = (Arc::clone(&self.daemon), self.client_id, self.started);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                while let Some(event) = generation.next().await {
+                    if let Ok(GenerationEvent::Finished(summary)) = event {
+                        daemon.record(client_id, &summary, started.elapsed());
+                    }
+                }
+            });
+        }
+    }
 }
 
 type Outbox = mpsc::UnboundedSender<DaemonMessage>;
@@ -207,11 +362,12 @@ struct Pending {
 }
 
 impl Daemon {
-    fn new(engine: Engine, paths: SessionPaths, sequences: u32) -> Self {
+    fn new(engine: Engine, paths: SessionPaths, sequences: u32, http_address: Option<String>) -> Self {
         Self {
             engine,
             notices: notice_channel(),
             paths,
+            http_address,
             started: Instant::now(),
             sequences_in_use: Mutex::new(vec![false; sequences as usize]),
             clients: Mutex::new(BTreeMap::new()),
@@ -224,6 +380,20 @@ impl Daemon {
 
     fn idle_for(&self) -> Option<Duration> {
         lock(&self.idle_since).map(|since| since.elapsed())
+    }
+
+    pub(super) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The session's changes (model, adapter), whoever made them.
+    pub(super) fn notices(&self) -> broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+
+    /// A session for calls that concern every client (a model, an adapter) rather than one client's sequence.
+    pub(super) fn shared_session(&self) -> LocalSession {
+        LocalSession::with_notices(self.engine.clone(), SequenceId(0), self.notices.clone())
     }
 
     async fn serve_connection(self: Arc<Self>, stream: UnixStream) {
@@ -241,8 +411,8 @@ impl Daemon {
             Ok(peer) => Err(format!("connections from uid {peer} are refused: this session daemon serves uid {uid}")),
             Err(e) => Err(format!("cannot identify the connecting process: {e}")),
         };
-        let client = match accepted {
-            Ok(client) => client,
+        let info = match accepted {
+            Ok(info) => info,
             Err(reason) => {
                 tracing::warn!(reason, "refused a connection");
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
@@ -250,18 +420,23 @@ impl Daemon {
                 return;
             }
         };
-        let Some((client_id, sequence)) = self.register(client.clone()) else {
-            self.counters.refused.fetch_add(1, Ordering::Relaxed);
-            let busy = format!(
-                "the session daemon serves at most {} clients at once and all are connected",
-                lock(&self.sequences_in_use).len()
-            );
-            let _ = write_frame(&mut writer, &welcome(Some(busy))).await;
-            return;
+        let attached = match self.attach(info.clone(), None, None) {
+            Ok(attached) => attached,
+            Err(busy) => {
+                let _ = write_frame(&mut writer, &welcome(Some(busy))).await;
+                return;
+            }
         };
-        tracing::info!(client_id, kind = client.kind.name(), pid = client.pid, sequence, "client connected");
+        let client_id = attached.client().id();
+        tracing::info!(
+            client_id,
+            kind = info.kind.name(),
+            pid = info.pid,
+            sequence = attached.sequence(),
+            "client connected"
+        );
         if write_frame(&mut writer, &welcome(None)).await.is_err() {
-            self.unregister(client_id, sequence).await;
+            attached.detach().await;
             return;
         }
 
@@ -275,12 +450,11 @@ impl Daemon {
             }
         });
         let notices_task = tokio::spawn(forward_notices(self.notices.subscribe(), outbox.clone()));
-        let session = LocalSession::with_notices(self.engine.clone(), SequenceId(sequence), self.notices.clone());
         let cancels: Cancels = Arc::default();
         loop {
             match read_frame::<ClientMessage, _>(&mut reader).await {
                 Ok(ClientMessage::Call { id, call }) => {
-                    self.with_client(client_id, |record| record.requests += 1);
+                    attached.client().count_request();
                     // Registered before the call's task starts, so that neither a `Cancel` nor the client's
                     // disconnection can slip past a generation.
                     let cancelled = matches!(call, Call::Generate(_)).then(|| {
@@ -289,9 +463,9 @@ impl Daemon {
                         cancelled
                     });
                     let daemon = Arc::clone(&self);
-                    let (session, outbox) = (session.clone(), outbox.clone());
+                    let (client, outbox) = (attached.client().clone(), outbox.clone());
                     let call = Pending { id, call, cancelled, cancels: Arc::clone(&cancels) };
-                    tokio::spawn(async move { daemon.handle(client_id, call, session, outbox).await });
+                    tokio::spawn(async move { daemon.handle(client, call, outbox).await });
                 }
                 Ok(ClientMessage::Cancel { id }) => {
                     if let Some(cancel) = lock(&cancels).remove(&id) {
@@ -309,7 +483,7 @@ impl Daemon {
         lock(&cancels).clear();
         notices_task.abort();
         drop(outbox);
-        self.unregister(client_id, sequence).await;
+        attached.detach().await;
         let _ = writer_task.await;
         tracing::info!(client_id, "client disconnected");
     }
@@ -335,19 +509,34 @@ impl Daemon {
         serde_json::from_value::<Hello>(hello).map(|hello| hello.client).map_err(|e| format!("malformed hello: {e}"))
     }
 
-    fn register(&self, info: ClientInfo) -> Option<(u64, u32)> {
+    /// Registers a client and gives it a sequence of its own (a probe gets none): `preferred` when it is free,
+    /// else the first free one. Refused, in words, when every sequence is taken. Every front-end attaches its
+    /// clients here, so they all show in `phi-tui status`.
+    pub(super) fn attach(
+        self: &Arc<Self>,
+        info: ClientInfo,
+        peer: Option<String>,
+        preferred: Option<u32>,
+    ) -> Result<Attached, String> {
         let sequence = if info.kind == ClientKind::Probe {
-            // A look at the status uses no sequence; u32::MAX is never valid, so it can generate nothing.
-            u32::MAX
+            NO_SEQUENCE
         } else {
             let mut in_use = lock(&self.sequences_in_use);
-            let free = in_use.iter().position(|used| !used)?;
+            let preferred = preferred.map(|s| s as usize).filter(|&s| in_use.get(s) == Some(&false));
+            let Some(free) = preferred.or_else(|| in_use.iter().position(|used| !used)) else {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(format!(
+                    "the session daemon serves at most {} clients at once and all are connected",
+                    in_use.len()
+                ));
+            };
             in_use[free] = true;
             free as u32
         };
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
         let record = ClientRecord {
             info,
+            peer,
             sequence,
             connected: Instant::now(),
             requests: 0,
@@ -355,24 +544,27 @@ impl Daemon {
             latencies_ms: VecDeque::new(),
         };
         lock(&self.clients).insert(id, record);
-        if sequence != u32::MAX {
+        if sequence != NO_SEQUENCE {
             *lock(&self.idle_since) = None;
         }
-        Some((id, sequence))
+        let session = LocalSession::with_notices(self.engine.clone(), SequenceId(sequence), self.notices.clone());
+        Ok(Attached { client: Client { daemon: Arc::clone(self), id, session }, sequence, detached: false })
     }
 
-    async fn unregister(&self, client_id: u64, sequence: u32) {
+    async fn unregister(&self, client_id: u64, sequence: u32, clear: bool) {
         lock(&self.clients).remove(&client_id);
-        if sequence == u32::MAX {
+        if sequence == NO_SEQUENCE {
             return;
         }
-        // The next client of this sequence shares no prefix with this one: free its keys and values now. (A model
-        // may not be loaded; then there is nothing to free.)
-        let _ = self.engine.clear_sequence(SequenceId(sequence)).await;
+        // The next client of this sequence likely shares no prefix with this one: free its keys and values now. (A
+        // model may not be loaded; then there is nothing to free.)
+        if clear {
+            let _ = self.engine.clear_sequence(SequenceId(sequence)).await;
+        }
         if let Some(used) = lock(&self.sequences_in_use).get_mut(sequence as usize) {
             *used = false;
         }
-        let anyone = lock(&self.clients).values().any(|c| c.sequence != u32::MAX);
+        let anyone = lock(&self.clients).values().any(|c| c.sequence != NO_SEQUENCE);
         if !anyone {
             *lock(&self.idle_since) = Some(Instant::now());
         }
@@ -384,13 +576,14 @@ impl Daemon {
         }
     }
 
-    async fn handle(self: Arc<Self>, client_id: u64, pending: Pending, session: LocalSession, outbox: Outbox) {
+    async fn handle(self: Arc<Self>, client: Client, pending: Pending, outbox: Outbox) {
         let Pending { id, call, cancelled, cancels } = pending;
+        let session = client.session().clone();
         let result = match call {
             Call::Generate(request) => {
                 // The reader registers a cancel channel for every generation.
                 if let Some(cancelled) = cancelled {
-                    self.generate(client_id, id, *request, session, &outbox, cancelled).await;
+                    Self::generate(&client, id, *request, &outbox, cancelled).await;
                 }
                 lock(&cancels).remove(&id);
                 return;
@@ -403,12 +596,7 @@ impl Daemon {
                         let _ = outbox.send(DaemonMessage::Progress { id, fraction });
                     }) as LoadProgress
                 });
-                let _loading = self.loading.lock().await;
-                let result = session.load_model(path, progress).await;
-                if result.is_ok() {
-                    self.counters.model_loads.fetch_add(1, Ordering::Relaxed);
-                }
-                result.map(Answer::Model)
+                self.load_model(&session, path, progress).await.map(Answer::Model)
             }
             Call::SetAdapter { path, scale } => session.set_adapter(path, scale).await.map(Answer::Adapter),
             Call::RemoveAdapter => session.remove_adapter().await.map(|()| Answer::Done),
@@ -421,7 +609,7 @@ impl Daemon {
     }
 
     /// Loads `path` unless a model is loaded already: clients share what the session has.
-    async fn attach_model(
+    pub(super) async fn attach_model(
         &self,
         path: PathBuf,
         progress: Option<LoadProgress>,
@@ -430,24 +618,34 @@ impl Daemon {
         if let Some(model) = self.engine.state().await?.model {
             return Ok(model);
         }
-        let session = LocalSession::with_notices(self.engine.clone(), SequenceId(0), self.notices.clone());
-        let model = session.load_model(path, progress).await?;
+        let model = self.shared_session().load_model(path, progress).await?;
         self.counters.model_loads.fetch_add(1, Ordering::Relaxed);
         Ok(model)
     }
 
-    async fn generate(
+    /// Loads `path` in place of the current model, for every client.
+    async fn load_model(
         &self,
-        client_id: u64,
+        session: &LocalSession,
+        path: PathBuf,
+        progress: Option<LoadProgress>,
+    ) -> Result<crate::engine::ModelInfo, EngineError> {
+        let _loading = self.loading.lock().await;
+        let result = session.load_model(path, progress).await;
+        if result.is_ok() {
+            self.counters.model_loads.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn generate(
+        client: &Client,
         id: u64,
         request: SessionRequest,
-        session: LocalSession,
         outbox: &Outbox,
         mut cancelled: oneshot::Receiver<()>,
     ) {
-        self.counters.generations.fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
-        let mut generation = session.generate(request);
+        let mut generation = client.generate(request, None);
         let mut cancel_sent = false;
         loop {
             let event = tokio::select! {
@@ -463,9 +661,6 @@ impl Daemon {
             };
             let Some(event) = event else { break };
             let last = !matches!(event, Ok(GenerationEvent::Delta { .. }));
-            if let Ok(GenerationEvent::Finished(summary)) = &event {
-                self.record(client_id, summary, started.elapsed());
-            }
             // A client that is gone reads nothing; its generation has been cancelled above.
             let _ = outbox.send(DaemonMessage::Event { id, event });
             if last {
@@ -493,7 +688,7 @@ impl Daemon {
         });
     }
 
-    async fn status(&self) -> Result<DaemonStatus, EngineError> {
+    pub(super) async fn status(&self) -> Result<DaemonStatus, EngineError> {
         let engine = self.engine.state().await?;
         let clients = lock(&self.clients)
             .iter()
@@ -502,6 +697,7 @@ impl Daemon {
                 id,
                 kind: c.info.kind,
                 pid: c.info.pid,
+                peer: c.peer.clone(),
                 sequence: c.sequence,
                 connected_s: c.connected.elapsed().as_secs_f64(),
                 requests: c.requests,
@@ -515,6 +711,7 @@ impl Daemon {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             socket: self.paths.socket.clone(),
+            http: self.http_address.clone(),
             uptime_s: self.started.elapsed().as_secs_f64(),
             engine,
             model_loads: counters.model_loads.load(Ordering::Relaxed),

@@ -10,8 +10,10 @@
 //! Requests carry their stop rule as data ([`StopRule`]), not as a closure, so that they can cross the socket; each
 //! session handle generates on its own sequence (KV cache), which the daemon assigns per client.
 
+pub mod chat;
 pub mod client;
 pub mod daemon;
+pub mod http;
 pub mod paths;
 pub mod protocol;
 
@@ -26,7 +28,7 @@ use tokio::sync::broadcast;
 
 use crate::engine::{
     AdapterInfo, Engine, EngineState, GenerateRequest, Generation, LoadProgress, ModelInfo, Priority, Prompt, Result,
-    SamplingParams, SequenceId, TokenId,
+    SamplingParams, SequenceId, StopPredicate, TokenId,
 };
 pub use protocol::{ClientKind, ClientStatus, DaemonStatus};
 
@@ -150,6 +152,21 @@ impl LocalSession {
 
     pub fn sequence(&self) -> SequenceId {
         self.sequence
+    }
+
+    /// [`InferenceSession::generate`] with a stop predicate added, which ends the generation where it or the
+    /// request's own stop rule says, whichever comes first. Only an in-process caller can give one: a closure (a
+    /// deadline, say) cannot cross the daemon's socket.
+    pub fn generate_with_predicate(&self, request: SessionRequest, predicate: Option<StopPredicate>) -> Generation {
+        let mut request = request.into_engine_request(self.sequence);
+        request.stop_predicate = match (request.stop_predicate.take(), predicate) {
+            (Some(rule), Some(extra)) => Some(Arc::new(move |text: &str| match (rule(text), extra(text)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            })),
+            (rule, extra) => rule.or(extra),
+        };
+        self.engine.generate(request)
     }
 }
 

@@ -15,7 +15,7 @@ use super::{Notice, SessionRequest};
 use crate::engine::{AdapterInfo, EngineError, EngineState, GenerationEvent, ModelInfo, TokenId};
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame either side accepts (a prompt of a whole context is far smaller).
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
@@ -43,6 +43,8 @@ pub enum ClientKind {
     Tui,
     /// A language server (`phi-tui lsp`) serving an editor.
     Editor,
+    /// A connection to the daemon's HTTP front-end (llama.vscode, llama.vim, Continue, an OpenAI client…).
+    Http,
     /// A look at the daemon (`phi-tui status`), not a user of the model.
     Probe,
 }
@@ -52,6 +54,7 @@ impl ClientKind {
         match self {
             Self::Tui => "tui",
             Self::Editor => "editor",
+            Self::Http => "http",
             Self::Probe => "probe",
         }
     }
@@ -134,6 +137,9 @@ pub struct DaemonStatus {
     pub pid: u32,
     pub version: String,
     pub socket: PathBuf,
+    /// The address of the HTTP front-end, when the daemon has one.
+    #[serde(default)]
+    pub http: Option<String>,
     pub uptime_s: f64,
     pub engine: EngineState,
     /// Models loaded since the daemon started.
@@ -155,6 +161,9 @@ pub struct ClientStatus {
     pub id: u64,
     pub kind: ClientKind,
     pub pid: u32,
+    /// Where an HTTP client connects from (it has no pid the daemon knows).
+    #[serde(default)]
+    pub peer: Option<String>,
     pub sequence: u32,
     pub connected_s: f64,
     pub requests: u64,
@@ -166,19 +175,26 @@ pub struct ClientStatus {
 }
 
 impl DaemonStatus {
-    /// One line for the TUI: the editors it shares the session with, e.g. `2 editors · 143 completions · p50 18 ms`.
+    /// One line for the TUI: the editors and HTTP clients it shares the session with, e.g. `2 editors · 143
+    /// completions · p50 18 ms` or `1 editor + 2 HTTP clients · 150 completions · p50 20 ms`.
     pub fn editor_activity(&self) -> Option<String> {
-        let editors: Vec<&ClientStatus> = self.clients.iter().filter(|c| c.kind == ClientKind::Editor).collect();
+        let editors: Vec<&ClientStatus> =
+            self.clients.iter().filter(|c| matches!(c.kind, ClientKind::Editor | ClientKind::Http)).collect();
         if editors.is_empty() {
             return None;
         }
+        let count = |kind: ClientKind, one: &str, many: &str| {
+            let n = editors.iter().filter(|c| c.kind == kind).count();
+            (n > 0).then(|| format!("{n} {}", if n == 1 { one } else { many }))
+        };
+        let who: Vec<String> =
+            [count(ClientKind::Editor, "editor", "editors"), count(ClientKind::Http, "HTTP client", "HTTP clients")]
+                .into_iter()
+                .flatten()
+                .collect();
         let completions: u64 = editors.iter().map(|c| c.generations).sum();
-        let mut line = format!(
-            "{} editor{} · {completions} completion{}",
-            editors.len(),
-            if editors.len() == 1 { "" } else { "s" },
-            if completions == 1 { "" } else { "s" }
-        );
+        let mut line =
+            format!("{} · {completions} completion{}", who.join(" + "), if completions == 1 { "" } else { "s" });
         let p50s: Vec<f64> = editors.iter().filter_map(|c| c.p50_ms).collect();
         if !p50s.is_empty() {
             line.push_str(&format!(" · p50 {:.0} ms", median(p50s)));
@@ -259,12 +275,14 @@ pub fn version_mismatch(daemon_protocol: u32, daemon_version: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::EngineState;
 
     fn client(kind: ClientKind, generations: u64, p50_ms: Option<f64>) -> ClientStatus {
         ClientStatus {
             id: 1,
             kind,
             pid: 1,
+            peer: None,
             sequence: 0,
             connected_s: 1.0,
             requests: generations,
@@ -274,31 +292,32 @@ mod tests {
         }
     }
 
-    fn status(clients: Vec<ClientStatus>) -> DaemonStatus {
-        DaemonStatus {
+    #[test]
+    fn the_activity_line_counts_editors_and_http_clients() {
+        let mut status = DaemonStatus {
             pid: 1,
-            version: String::new(),
-            socket: PathBuf::new(),
-            uptime_s: 0.0,
+            version: "0".into(),
+            socket: PathBuf::from("/s"),
+            http: None,
+            uptime_s: 1.0,
             engine: EngineState::default(),
-            model_loads: 0,
+            model_loads: 1,
             generations: 0,
             cancelled: 0,
             tokens_generated: 0,
             prompt_tokens_decoded: 0,
             memory_pss_bytes: None,
-            clients,
+            clients: vec![client(ClientKind::Tui, 5, Some(1.0))],
             refused: 0,
-        }
-    }
-
-    #[test]
-    fn the_activity_line_counts_editors_only() {
-        assert_eq!(status(vec![client(ClientKind::Tui, 5, Some(3.0))]).editor_activity(), None);
-        let one = status(vec![client(ClientKind::Tui, 5, None), client(ClientKind::Editor, 1, Some(17.6))]);
-        assert_eq!(one.editor_activity().as_deref(), Some("1 editor · 1 completion · p50 18 ms"));
-        let two = status(vec![client(ClientKind::Editor, 100, Some(10.0)), client(ClientKind::Editor, 43, None)]);
-        assert_eq!(two.editor_activity().as_deref(), Some("2 editors · 143 completions · p50 10 ms"));
+        };
+        assert_eq!(status.editor_activity(), None, "the TUI itself is not shown");
+        status.clients.push(client(ClientKind::Http, 2, Some(30.0)));
+        assert_eq!(status.editor_activity().as_deref(), Some("1 HTTP client · 2 completions · p50 30 ms"));
+        status.clients.push(client(ClientKind::Editor, 1, Some(10.0)));
+        status.clients.push(client(ClientKind::Editor, 0, None));
+        assert_eq!(status.editor_activity().as_deref(), Some("2 editors + 1 HTTP client · 3 completions · p50 30 ms"));
+        status.clients.retain(|client| client.kind != ClientKind::Http);
+        assert_eq!(status.editor_activity().as_deref(), Some("2 editors · 1 completion · p50 10 ms"));
     }
 
     #[tokio::test]

@@ -146,6 +146,11 @@ pub enum Action {
     InstallProgress(PullEvent),
     /// The install ended: the GGUF to load and what to tell the user, or why it failed.
     Installed(Result<(PathBuf, String), String>),
+    /// A load failed before the engine let go of the model it had, which it still serves.
+    ModelKept {
+        error: String,
+        model: Box<ModelInfo>,
+    },
     AdapterChanged(Result<Option<AdapterInfo>, String>),
     /// What the editors sharing the session are doing (e.g. `2 editors · 143 completions · p50 18 ms`).
     Activity(Option<String>),
@@ -496,6 +501,11 @@ impl App {
                     vec![]
                 }
             },
+            Action::ModelKept { error, model } => {
+                self.error(format!("could not load the model: {error} (still using {})", model.name));
+                self.model = ModelState::Ready(model);
+                vec![]
+            }
             Action::AdapterChanged(result) => {
                 self.adapter_loading = false;
                 match result {

@@ -589,8 +589,15 @@ fn spawn_model_load(session: &SharedSession, path: PathBuf, actions: mpsc::Unbou
         let progress: crate::engine::LoadProgress = Box::new(move |p| {
             let _ = progress_actions.send(Action::ModelProgress(p));
         });
-        let result = session.load_model(path, Some(progress)).await;
-        let _ = actions.send(Action::ModelLoaded(result.map(Box::new).map_err(|e| e.to_string())));
+        let action = match session.load_model(path, Some(progress)).await {
+            Ok(info) => Action::ModelLoaded(Ok(Box::new(info))),
+            // The engine checks a file before it unloads the working model: say which model is still there.
+            Err(error) => match session.state().await.ok().and_then(|state| state.model) {
+                Some(kept) => Action::ModelKept { error: error.to_string(), model: Box::new(kept) },
+                None => Action::ModelLoaded(Err(error.to_string())),
+            },
+        };
+        let _ = actions.send(action);
     });
 }
 
@@ -776,6 +783,7 @@ struct TerminalGuard {
 impl TerminalGuard {
     fn enter(mouse: bool) -> Result<Self, TuiError> {
         install_panic_hook();
+        abort_restore::install();
         enable_raw_mode()?;
         let mut stdout = std::io::stdout();
         let setup = crossterm::execute!(stdout, EnterAlternateScreen, EnableBracketedPaste).and_then(|()| {
@@ -829,11 +837,61 @@ pub fn restore_terminal() {
     let _ = stdout.flush();
 }
 
+/// If the process aborts (an assert in native code), the terminal is put back before it dies: no panic hook or
+/// destructor runs then, and a shell left in the alternate screen with mouse reporting on is unusable.
+mod abort_restore {
+    use std::sync::OnceLock;
+
+    /// The terminal's settings before raw mode, for the handler (which may only make async-signal-safe calls).
+    static TERMIOS: OnceLock<libc::termios> = OnceLock::new();
+    /// What `restore_terminal` writes: mouse capture off (every mode crossterm enables), bracketed paste off, end of
+    /// a synchronized update, the main screen, the cursor shown.
+    const RESTORE: &[u8] =
+        b"\x1b[?1006l\x1b[?1015l\x1b[?1003l\x1b[?1002l\x1b[?1000l\x1b[?2004l\x1b[?2026l\x1b[?1049l\x1b[?25h";
+
+    pub(super) fn install() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: termios is plain data; tcgetattr fills it in or fails (then nothing is saved).
+            let mut termios: libc::termios = unsafe { std::mem::zeroed() };
+            if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut termios) } == 0 {
+                let _ = TERMIOS.set(termios);
+            }
+            // SAFETY: the handler only makes async-signal-safe calls (write, tcsetattr, raise); SA_RESETHAND puts
+            // the default action back, so the re-raised signal ends the process as it would have.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_abort as extern "C" fn(libc::c_int) as libc::sighandler_t;
+                action.sa_flags = libc::SA_RESETHAND;
+                libc::sigemptyset(&mut action.sa_mask);
+                libc::sigaction(libc::SIGABRT, &action, std::ptr::null_mut());
+            }
+        });
+    }
+
+    extern "C" fn on_abort(signal: libc::c_int) {
+        // SAFETY: write, tcsetattr and raise are async-signal-safe; the buffers are statics.
+        unsafe {
+            libc::write(libc::STDOUT_FILENO, RESTORE.as_ptr().cast(), RESTORE.len());
+            if let Some(termios) = TERMIOS.get() {
+                libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, termios);
+            }
+            libc::raise(signal);
+        }
+    }
+}
+
 fn install_panic_hook() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
+            // The engine catches panics on its thread, fails the request and keeps serving: the TUI goes on, so
+            // the terminal stays as it is and the panic goes to the log instead of over the screen.
+            if std::thread::current().name() == Some(crate::engine::THREAD_NAME) {
+                tracing::error!(%info, "a panic in the engine (recovered)");
+                return;
+            }
             restore_terminal();
             previous(info);
         }));

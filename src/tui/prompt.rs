@@ -10,6 +10,7 @@ use phi_lsp::stop::StopRule;
 
 use crate::config::PromptMode;
 use crate::engine::{Prompt, SamplingParams};
+use crate::session::chat::{chat_prompt, chat_stops, Exchange};
 use crate::session::SessionRequest;
 
 use super::session::{Message, MessageStatus, Role};
@@ -43,18 +44,13 @@ impl GenerationSpec {
     }
 }
 
-/// Stop strings of chat mode: the model starting the next question.
-pub const CHAT_STOPS: [&str; 3] = ["\nQuestion:", "Question:", "\n\n\n"];
-
 /// The prompt for a new user message: in code mode the code itself; in chat mode the earlier complete chat
 /// exchanges (as many as fit in about `budget_chars`) and the question.
 pub fn build_prompt(history: &[Message], input: &str, mode: PromptMode, budget_chars: usize) -> (String, Vec<String>) {
     match mode {
         PromptMode::Code => (input.to_owned(), Vec::new()),
         PromptMode::Chat => {
-            let question = format!("Question: {}\nAnswer:", input.trim());
-            let mut exchanges: Vec<String> = Vec::new();
-            let mut used = question.len();
+            let mut exchanges: Vec<Exchange> = Vec::new();
             let mut i = history.len();
             while i >= 2 {
                 let (user, reply) = (&history[i - 2], &history[i - 1]);
@@ -68,15 +64,10 @@ pub fn build_prompt(history: &[Message], input: &str, mode: PromptMode, budget_c
                     continue;
                 }
                 i -= 1;
-                let exchange = format!("Question: {}\nAnswer: {}\n\n", user.text.trim(), reply.text.trim());
-                if used + exchange.len() > budget_chars {
-                    break;
-                }
-                used += exchange.len();
-                exchanges.push(exchange);
+                exchanges.push(Exchange { question: user.text.clone(), answer: reply.text.clone() });
             }
             exchanges.reverse();
-            (exchanges.concat() + &question, CHAT_STOPS.iter().map(|s| (*s).to_owned()).collect())
+            (chat_prompt(&exchanges, input, budget_chars), chat_stops())
         }
     }
 }

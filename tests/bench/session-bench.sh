@@ -3,7 +3,8 @@
 #  1. memory (PSS) of daemon + TUI + 2 editors against one standalone `phi-tui lsp --standalone`, on a random-weight
 #     GGUF of phi-1-small's shape (SHAPE="24 2048 8192" for phi-1's), made with make_phi1_checkpoint.py and our
 #     converter (python3 + numpy; tmux for the TUI);
-#  2. the latency the socket hop adds to a completion, p50/p95, against the same completion in-process.
+#  2. the latency the socket hop adds to a completion, p50/p95, against the same completion in-process;
+#  3. the latency the HTTP front-end adds to a completion, against the socket path.
 #
 #   tests/bench/session-bench.sh [WORK_DIR]      env: THREADS (2), SHAPE ("20 1024 4096"), ROUNDS (300),
 #                                                PROFILE (release; "debug" measures the test build)
@@ -28,4 +29,7 @@ echo "== memory"
 python3 tests/bench/session_memory.py "$bin" "$model" "$work" "$threads"
 echo "== socket hop (tiny fixture model: the engine's own time is small, so the overhead shows)"
 ROUNDS=${ROUNDS:-300} cargo test $flag --quiet --test daemon socket_hop -- --ignored --nocapture 2>/dev/null \
+    | grep -v '^running\|^test \|^$\|test result'
+echo "== HTTP hop (the same completion through POST /completion vs the socket)"
+ROUNDS=${ROUNDS:-300} cargo test --release --quiet --test http http_hop -- --ignored --nocapture 2>/dev/null \
     | grep -v '^running\|^test \|^$\|test result'

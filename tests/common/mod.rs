@@ -105,3 +105,64 @@ pub fn greedy_request(sequence: u32, tokens: &[TokenId], max_tokens: u32) -> Gen
     request.stop_at_eog = false;
     request
 }
+
+/// How [`rewrite_gguf`] changes a GGUF.
+#[derive(Debug, Clone, Default)]
+pub struct GgufEdit {
+    /// Keys set to these values (added at the end when new).
+    pub set: Vec<(String, phi_converters::gguf::MetadataValue)>,
+    /// Keys left out.
+    pub remove: Vec<String>,
+    /// Tensors given another shape (ggml order); their data is the original's, cut or zero-padded to fit.
+    pub reshape: Vec<(String, Vec<u64>)>,
+    /// Tensors left out.
+    pub drop_tensors: Vec<String>,
+    /// Tensors added: a copy (the same type, cut or zero-padded data) of `source` under a new name and shape.
+    pub add_tensors: Vec<(String, String, Vec<u64>)>,
+}
+
+/// Writes `input` with `edit` applied to `target`, through the project's own GGUF reader and writer — what
+/// `gguf-set-metadata` and friends do to a converted model, for tests of files that are well-formed GGUF with
+/// contents a model must not have.
+pub fn rewrite_gguf(input: &phi_converters::gguf::GgufFile, target: &Path, edit: &GgufEdit) {
+    use phi_converters::gguf::{padding, write_zeros, GgufHeader};
+    use std::io::Write;
+    let mut header = GgufHeader::new();
+    for (key, value) in input.metadata() {
+        if edit.remove.iter().any(|k| k == key) {
+            continue;
+        }
+        let value = edit.set.iter().find(|(k, _)| k == key).map_or_else(|| value.clone(), |(_, v)| v.clone());
+        header.set_metadata(key, value);
+    }
+    for (key, value) in &edit.set {
+        if input.get(key).is_none() {
+            header.set_metadata(key.clone(), value.clone());
+        }
+    }
+    // (name in the output, tensor whose data and type it takes, shape)
+    let mut layout = Vec::new();
+    for tensor in input.tensors() {
+        if edit.drop_tensors.contains(&tensor.name) {
+            continue;
+        }
+        let dims = edit.reshape.iter().find(|(n, _)| *n == tensor.name).map_or(tensor.dims.clone(), |(_, d)| d.clone());
+        layout.push((tensor.name.clone(), tensor, dims));
+    }
+    for (name, source_name, dims) in &edit.add_tensors {
+        let tensor = input.tensor(source_name).unwrap_or_else(|| panic!("no tensor {source_name}"));
+        layout.push((name.clone(), tensor, dims.clone()));
+    }
+    for (name, tensor, dims) in &layout {
+        header.push_tensor(name.clone(), dims.clone(), tensor.ggml_type).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let mut out = std::io::BufWriter::new(std::fs::File::create(target).unwrap());
+    header.write_to(&mut out).unwrap();
+    for ((_, source_tensor, _), info) in layout.iter().zip(header.tensors()) {
+        let data = input.tensor_data(source_tensor);
+        let n = (info.n_bytes as usize).min(data.len());
+        out.write_all(&data[..n]).unwrap();
+        write_zeros(&mut out, info.n_bytes - n as u64 + padding(info.n_bytes, header.alignment())).unwrap();
+    }
+    out.flush().unwrap();
+}

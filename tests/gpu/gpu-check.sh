@@ -191,12 +191,23 @@ for round in $(seq "$rounds"); do
     done
 done
 
-# 4. Completion latency through the language server.
+# 4. Completion latency through the language server: each model in a server of its own (--standalone), then f16
+#    through the shared-session daemon (the default: one socket hop more), and the GPU memory of two editors on one
+#    daemon against one standalone editor. The daemon gets a private runtime directory and is stopped after.
 for type in $lsp_types; do
     step "completion latency, $type"
     python3 tests/gpu/lsp_latency.py --bin "$bin" --model "$work/phi1.$type.gguf" --requests "$lsp_requests" \
-        --json "$results/lsp-$type.json" --log "$OUT/lsp-$type.log"
+        --json "$results/lsp-$type.json" --log "$OUT/lsp-$type.log" -- --standalone
 done
+if [ "$cpu_only" != 1 ]; then
+    step "completion latency through the daemon, f16"
+    PHI_TUI_RUNTIME_DIR=$work/run PHI_TUI_DATA_DIR=$work/data python3 tests/gpu/lsp_latency.py --bin "$bin" \
+        --model "$work/phi1.f16.gguf" --requests "$lsp_requests" --json "$results/lsp-daemon-f16.json" \
+        --log "$OUT/lsp-daemon-f16.log"
+    PHI_TUI_RUNTIME_DIR=$work/run PHI_TUI_DATA_DIR=$work/data "$bin" serve --stop >/dev/null 2>&1
+    step "GPU memory: two editors on one daemon vs one standalone editor, f16"
+    python3 tests/gpu/vram_editors.py --bin "$bin" --model "$work/phi1.f16.gguf" --json "$results/vram.json"
+fi
 
 # 5. Greedy generation, GPU vs CPU (only the CPU modules), on the converted fixture.
 step "generate: GPU vs CPU on tiny-phi f16"
