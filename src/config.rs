@@ -4,7 +4,7 @@
 //! ```toml
 //! model = "~/models/phi-1.f16.gguf"   # used when `-m` is not given (relative paths: from this file's directory);
 //!                                     # or an installed model's name (`phi-tui models`), e.g. "phi-1"
-//! lora = "~/models/my-adapter.gguf"   # optional LoRA adapter
+//! lora = "~/models/my-adapter.gguf"   # optional LoRA adapter; or a fine-tuned one's name (F7), e.g. "myrepo"
 //! lora_scale = 1.0
 //! mode = "code"                       # "code" or "chat"; default: code unless the model has a chat template
 //! max_tokens = 256
@@ -159,7 +159,14 @@ impl Config {
                 resolve_path(&p, base)
             }
         });
-        config.lora = config.lora.map(|p| resolve_path(&p, base));
+        // `lora` may name a fine-tuned adapter in the data directory (`myrepo`: adapters/myrepo/myrepo.gguf).
+        config.lora = config.lora.map(|p| {
+            if p.to_str().is_some_and(crate::models::is_bare_name) {
+                p
+            } else {
+                resolve_path(&p, base)
+            }
+        });
         Ok(config)
     }
 

@@ -129,9 +129,10 @@ fn describe(notice: Notice, known_model: &Mutex<Option<PathBuf>>) -> Option<Stri
             Some(format!("the shared session now uses the model {} ({})", info.name, info.path.display()))
         }
         Notice::Adapter(Some(adapter)) => Some(format!(
-            "the shared session now applies the LoRA adapter {} at scale {}",
+            "the shared session now applies the LoRA adapter {} at scale {}{}",
             adapter.path.display(),
-            adapter.scale
+            adapter.scale,
+            adapter.step.map(|step| format!(" (being fine-tuned: step {step})")).unwrap_or_default()
         )),
         Notice::Adapter(None) => Some("the shared session removed its LoRA adapter".to_owned()),
         Notice::Disconnected(reason) => Some(reason),

@@ -348,6 +348,36 @@ fn write_adapter_for_architecture(source: &Path, target: &Path, architecture: &s
     .unwrap();
 }
 
+/// Live fine-tuning replaces its adapter file (write-then-rename) at the same path: setting that path again loads
+/// the new weights — the output is a fresh engine's with the new file — and reports the file's training step.
+#[tokio::test]
+async fn an_adapter_rewritten_at_the_same_path_is_loaded_anew() {
+    use phi_tui::finetune;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("live.gguf");
+    let first = finetune::read_adapter_gguf(&fixtures().join("lora/final-adapter.gguf")).unwrap();
+    let mut second = first.clone();
+    for pair in second.modules.values_mut() {
+        pair.b.data.iter_mut().for_each(|x| *x *= -40.0);
+    }
+    let prompt = long_prompt();
+    let engine = tiny_engine().await;
+
+    finetune::write_adapter_gguf_at_step(&path, &first, "live", Some(10)).unwrap();
+    assert_eq!(engine.set_adapter(&path, 1.0).await.unwrap().step, Some(10));
+    let with_first = greedy_tokens(&engine, 0, &prompt, 8).await;
+    finetune::write_adapter_gguf_at_step(&path, &second, "live", Some(20)).unwrap();
+    assert_eq!(engine.set_adapter(&path, 1.0).await.unwrap().step, Some(20));
+    assert_eq!(engine.state().await.unwrap().adapter.unwrap().step, Some(20));
+    let with_second = greedy_tokens(&engine, 0, &prompt, 8).await;
+    assert_ne!(with_first, with_second, "the rewritten file's weights apply");
+
+    let fresh = tiny_engine().await;
+    fresh.set_adapter(&path, 1.0).await.unwrap();
+    assert_eq!(greedy_tokens(&fresh, 0, &prompt, 8).await, with_second);
+}
+
 #[tokio::test]
 async fn a_panic_inside_the_engine_fails_that_request_and_the_engine_keeps_serving() {
     let engine = tiny_engine().await;

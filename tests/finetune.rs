@@ -7,15 +7,16 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use candle_core::Device;
 use common::*;
 use phi_converters::gguf::{GgufFile, MetadataValue};
 use phi_converters::OutType;
 use phi_tui::engine::{GenerateRequest, Prompt, SequenceId, TokenId};
+use phi_tui::finetune::live::{LiveControl, LiveEvent, LiveSettings, Provenance, RunState};
 use phi_tui::finetune::{
-    self, BaseModel, DataOptions, LoraAdapter, ScheduleKind, Sequence, TrainEvent, TrainOptions, Trainer,
+    self, BaseModel, DataOptions, LoraAdapter, ScheduleKind, Sequence, StepGate, TrainEvent, TrainOptions, Trainer,
 };
 use serde_json::Value;
 
@@ -361,9 +362,9 @@ fn a_stopped_run_resumes_exactly_where_it_stopped() {
     assert_eq!(validations, 2, "validation at the end of each epoch");
     assert!(straight_losses[5] < straight_losses[0], "{straight_losses:?}");
 
-    // Stopped (as by Ctrl-C) after the first step, then resumed twice: after the stop, and after a second stop.
+    // Stopped (as by Ctrl-C) after the first step, then resumed.
     let resumed_dir = dir.path().join("resumed");
-    let stop = AtomicBool::new(true);
+    let stop = StopAfter { steps: 1, asked: AtomicU64::new(0) };
     let mut first = Trainer::new(&model, &data, initial, options(&resumed_dir)).unwrap();
     let mut losses = Vec::new();
     let outcome = first
@@ -394,6 +395,106 @@ fn a_stopped_run_resumes_exactly_where_it_stopped() {
     other.lr = 1e-3;
     let error = Trainer::resume(&model, &data, other).err().unwrap().to_string();
     assert!(error.contains("lr was"), "{error}");
+}
+
+/// A gate that lets `steps` steps through, then stops the run.
+struct StopAfter {
+    steps: u64,
+    asked: AtomicU64,
+}
+
+impl StepGate for StopAfter {
+    fn proceed(&self) -> bool {
+        self.asked.fetch_add(1, Ordering::SeqCst) < self.steps
+    }
+}
+
+/// A live run (the TUI's fine-tune screen, `finetune --live`) on a directory of Python files: stopping it keeps the
+/// best adapter so far (lowest validation loss, with its step in the file), and resuming it later continues from
+/// its checkpoint with exactly the losses, and ends with exactly the adapter, of a run that never stopped.
+#[test]
+fn a_stopped_live_run_keeps_its_best_adapter_and_resumes_like_an_uninterrupted_one() {
+    let base = converted("tiny-phi", OutType::F16);
+    let settings = || {
+        let mut settings = LiveSettings::new(base.clone(), fixtures().join("finetune-py"));
+        settings.train.max_steps = Some(16);
+        settings.train.eval_every = 3;
+        settings.train.batch_size = 2;
+        settings.train.seq_len = 48;
+        settings.train.lr = 2e-2;
+        settings.threads = 1;
+        settings
+    };
+    assert_eq!(settings().name, "finetune-py");
+    let never_busy = || LiveControl::new(|| false);
+    let read_adapter = |path: &Path| finetune::read_adapter_gguf(path).unwrap();
+    let step_in_file =
+        |path: &Path| GgufFile::open(path).unwrap().get_u32(phi_tui::engine::TRAINING_STEP_KEY).map(u64::from);
+
+    // Straight through, in its own data directory: every improved adapter as it was written.
+    let straight_dir = tempfile::tempdir().unwrap();
+    let prepared = settings().prepare(straight_dir.path()).unwrap();
+    assert!(!prepared.resumable);
+    assert!(prepared.summary.validation_sequences > 0 && prepared.summary.seconds_per_step > 0.0);
+    let (mut losses, mut validations, mut written) = (Vec::new(), Vec::new(), Vec::new());
+    let straight = prepared
+        .run(false, &never_busy(), &mut |event| match event {
+            LiveEvent::Train(TrainEvent::Step(r)) => losses.push(r.loss),
+            LiveEvent::Train(TrainEvent::Validation { step, loss, .. }) => validations.push((step, loss)),
+            LiveEvent::AdapterWritten { step, path, .. } => written.push((step, read_adapter(&path))),
+            _ => {}
+        })
+        .unwrap();
+    assert_eq!((straight.state, straight.steps_done), (RunState::Finished, 16));
+    assert!(losses[15] < losses[0], "{losses:?}");
+    assert!(written.len() >= 2, "improvements are written as they come: {validations:?}");
+
+    // Stopped after step 8: the best adapter of steps 1..8 is kept, with its provenance.
+    let stopped_dir = tempfile::tempdir().unwrap();
+    let control = never_busy();
+    let mut first_losses = Vec::new();
+    let stopped = settings()
+        .prepare(stopped_dir.path())
+        .unwrap()
+        .run(false, &control, &mut |event| {
+            if let LiveEvent::Train(TrainEvent::Step(r)) = event {
+                first_losses.push(r.loss);
+                if r.step == 8 {
+                    control.stop();
+                }
+            }
+        })
+        .unwrap();
+    assert_eq!((stopped.state, stopped.steps_done), (RunState::Stopped, 8));
+    let (best_step, best_loss) =
+        validations.iter().copied().filter(|&(step, _)| step <= 8).min_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+    let provenance = Provenance::read(stopped.adapter.parent().unwrap()).unwrap();
+    assert_eq!(provenance.state, RunState::Stopped);
+    assert_eq!((provenance.adapter_step, provenance.best_validation_loss), (best_step, Some(best_loss)));
+    assert_eq!(provenance.base_model, base.canonicalize().unwrap());
+    assert_eq!(step_in_file(&stopped.adapter), Some(best_step));
+    let best_adapter = &written.iter().find(|(step, _)| *step == best_step).unwrap().1;
+    assert_eq!(&read_adapter(&stopped.adapter), best_adapter, "the kept adapter is the best one, bit for bit");
+
+    // Resumed: the same settings find the checkpoint; the run continues at step 9 with the uninterrupted losses.
+    let prepared = settings().prepare(stopped_dir.path()).unwrap();
+    assert!(prepared.resumable);
+    let mut resumed_losses = Vec::new();
+    let resumed = prepared
+        .run(true, &never_busy(), &mut |event| {
+            if let LiveEvent::Train(TrainEvent::Step(r)) = event {
+                resumed_losses.push((r.step, r.loss));
+            }
+        })
+        .unwrap();
+    assert_eq!(resumed_losses.first().map(|l| l.0), Some(9));
+    first_losses.extend(resumed_losses.iter().map(|l| l.1));
+    assert_eq!(first_losses, losses, "stopped + resumed computes the losses of the run that never stopped");
+    assert_eq!(resumed.state, RunState::Finished);
+    assert_eq!(read_adapter(&resumed.adapter), read_adapter(&straight.adapter));
+    assert_eq!(resumed.provenance.best_validation_loss, straight.provenance.best_validation_loss);
+    assert_eq!(resumed.provenance.adapter_step, straight.provenance.adapter_step);
+    eprintln!("losses {losses:?}\nvalidations {validations:?}\nbest of steps 1..8: step {best_step} ({best_loss:.4})");
 }
 
 #[test]

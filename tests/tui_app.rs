@@ -339,7 +339,7 @@ fn model_and_adapter_prompts() {
         vec![Effect::SetAdapter { path: PathBuf::from("/a/my adapter.gguf"), scale: 0.5 }]
     );
     assert!(app.adapter_loading);
-    let adapter = AdapterInfo { path: PathBuf::from("/a/my adapter.gguf"), scale: 0.5 };
+    let adapter = AdapterInfo { path: PathBuf::from("/a/my adapter.gguf"), scale: 0.5, step: None };
     app.update(Action::AdapterChanged(Ok(Some(adapter.clone()))));
     assert_eq!(app.adapter, Some(adapter));
     app.update(key(KeyCode::F(6)));
@@ -511,6 +511,95 @@ fn a_later_success_takes_an_error_down() {
     app.update(Action::SessionRenamed(Ok(("other".into(), "new title".into()))));
     let notice = app.notice.as_ref().unwrap();
     assert!(!notice.error && notice.text == "renamed to “new title”", "{notice:?}");
+}
+
+/// The fine-tune screen: `:finetune PATH` opens it, Enter checks the settings, Enter starts (resuming a
+/// checkpoint), each improved adapter becomes the session's, p/s pause and stop, Esc goes back to a chat that
+/// works while training goes on, and F8 compares base and adapter.
+#[test]
+fn the_finetune_screen_prepares_starts_and_applies_each_improved_adapter() {
+    use phi_tui::finetune::live::{DataSummary, LiveEvent};
+    use phi_tui::tui::finetune::{FinetuneSpec, PreparedRun};
+
+    let mut app = ready_app();
+    let model = app.model_info().unwrap().path.clone();
+    type_text(&mut app, ":finetune /src/myrepo");
+    assert!(app.update(key(KeyCode::Enter)).is_empty());
+    assert!(app.finetune_open && app.session.messages.is_empty(), "the command is not sent to the model");
+    assert_eq!(app.finetune.as_ref().unwrap().fields[0].text(), "/src/myrepo");
+    // Down to the steps field: 40 steps.
+    app.update(key(KeyCode::Tab));
+    app.update(key(KeyCode::Tab));
+    for _ in 0..3 {
+        app.update(key(KeyCode::Backspace));
+    }
+    type_text(&mut app, "40");
+    let spec = FinetuneSpec { data: "/src/myrepo".into(), rank: 8, steps: 40, lr: 2e-4, batch: 4, seq_len: 256 };
+    assert_eq!(
+        app.update(key(KeyCode::Enter)),
+        vec![Effect::FinetunePrepare { spec, model: model.clone(), conversation: vec![] }]
+    );
+    let summary = DataSummary {
+        train_sequences: 90,
+        validation_sequences: 10,
+        train_tokens: 20000,
+        steps_per_epoch: 23,
+        total_steps: 40,
+        seconds_per_step: 1.5,
+    };
+    let run = PreparedRun { name: "myrepo".into(), summary, resumable: true };
+    app.update(Action::FinetunePrepared(Ok(run)));
+    assert_eq!(app.update(key(KeyCode::Enter)), vec![Effect::FinetuneStart { resume: true }]);
+    app.update(Action::FinetuneStarted);
+    finetune_progress(&mut app, &[4.0, 3.5, 3.2], 40);
+    let path = PathBuf::from("/data/adapters/myrepo/myrepo.gguf");
+    let written = LiveEvent::AdapterWritten { step: 3, validation_loss: Some(3.3), path: path.clone() };
+    assert_eq!(
+        app.update(Action::FinetuneProgress(written)),
+        vec![Effect::SetAdapter { path: path.clone(), scale: 1.0 }],
+        "the better adapter is the session's at once"
+    );
+    let view = app.finetune.as_ref().unwrap();
+    assert_eq!((view.step, view.adapter_step, view.loss_trend()), (3, Some(3), Some((4.0, 3.2))));
+    assert_eq!(view.eta_seconds(), Some(0.5 * 37.0));
+    assert_eq!(app.update(key(KeyCode::Char('p'))), vec![Effect::FinetunePause]);
+    assert!(app.update(key(KeyCode::Char('x'))).is_empty(), "other letters do nothing on the screen");
+
+    // Back to the chat while it trains: the chat answers.
+    app.update(key(KeyCode::Esc));
+    assert!(!app.finetune_open && app.finetune.as_ref().unwrap().training());
+    type_text(&mut app, "def f():");
+    assert!(app.update(key(KeyCode::Enter)).iter().any(|e| matches!(e, Effect::Generate(_))));
+
+    // Base ⇄ adapter.
+    let adapter = AdapterInfo { path: path.clone(), scale: 1.0, step: Some(3) };
+    app.update(Action::AdapterChanged(Ok(Some(adapter))));
+    assert_eq!(app.update(key(KeyCode::F(8))), vec![Effect::RemoveAdapter]);
+    app.update(Action::AdapterChanged(Ok(None)));
+    assert_eq!(app.update(key(KeyCode::F(8))), vec![Effect::SetAdapter { path, scale: 1.0 }]);
+
+    // F7 reopens the screen; s stops.
+    app.update(key(KeyCode::F(7)));
+    assert!(app.finetune_open);
+    assert_eq!(app.update(key(KeyCode::Char('s'))), vec![Effect::FinetuneStop]);
+}
+
+/// `:conversation` as the data trains on the code of the conversation's finished replies.
+#[test]
+fn the_conversations_code_can_be_the_training_data() {
+    let mut app = ready_app();
+    let model = app.model_info().unwrap().path.clone();
+    type_text(&mut app, ":finetune :conversation");
+    app.update(key(KeyCode::Enter));
+    assert!(app.update(key(KeyCode::Enter)).is_empty(), "no replies yet: nothing to train on");
+    assert!(app.notice.as_ref().unwrap().text.contains("no code to train on"));
+    app.update(key(KeyCode::Esc));
+    exchange(&mut app, "def add(a, b):", "\n    return a + b");
+    app.update(key(KeyCode::F(7)));
+    let effects = app.update(key(KeyCode::Enter));
+    let [Effect::FinetunePrepare { spec, model: used, conversation }] = &effects[..] else { panic!("{effects:?}") };
+    assert_eq!((spec.data.to_str(), used), (Some(":conversation"), &model));
+    assert_eq!(conversation, &vec!["def add(a, b):\n    return a + b".to_owned()]);
 }
 
 #[test]

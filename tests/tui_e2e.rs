@@ -479,6 +479,110 @@ fn first_run_pulls_phi_1_from_the_hub_then_answers_and_starts_with_it_next_time(
     tmux.quit();
 }
 
+/// Fine-tune mode end to end: `:finetune DIR` opens the screen, the settings are edited, the run is checked (token
+/// count, time per epoch) and trained; the loss on screen goes down, and the status line shows the adapter and its
+/// step as the session applies each improvement. Then an editor attached to the same session completes with that
+/// adapter: its suggestion is what `phi-tui generate --lora ADAPTER` generates for the same prompt, and not what
+/// the base model does.
+#[test]
+fn the_finetune_screen_trains_an_adapter_that_the_session_and_an_editor_use() {
+    use phi_lsp::testing::TestClient;
+    use serde_json::json;
+
+    require_tmux!();
+    let _serial = serial();
+    let dirs = dirs("mode = \"code\"\nmax_tokens = 8\n");
+    let model = tiny_model();
+    let tmux = Tmux::start(&command(&dirs, &format!("-m {} -t 1 -c 2048", model.display())));
+    tmux.wait_for("the model to load", |s| s.contains("ctx 0/2048"));
+    let data = fixtures().join("finetune-py");
+    tmux.type_text(&format!(":finetune {}", data.display()));
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the fine-tune screen", |s| s.contains("Fine-tune") && s.contains("learning rate"));
+    // Past data and rank: steps 30, learning rate 2e-2, batch 2, sequence length 48 (seconds on the tiny model).
+    tmux.keys(&["Tab"]);
+    for value in ["30", "2e-2", "2", "48"] {
+        tmux.keys(&["Tab"]);
+        for _ in 0..12 {
+            tmux.keys(&["BSpace"]);
+        }
+        tmux.type_text(value);
+    }
+    tmux.keys(&["Enter"]);
+    let screen = tmux.wait_for("the run's cost", |s| s.contains("training sequences") && s.contains("per epoch"));
+    assert!(screen.contains("Enter starts; the adapter goes to adapters/finetune-py/"), "{screen}");
+    tmux.keys(&["Enter"]);
+    let screen = tmux.wait_for("the end of the run", |s| s.contains("finished 30 steps"));
+    let text = screen.split_whitespace().collect::<Vec<_>>().join(" ");
+    let trend = text.split("loss ").nth(1).unwrap();
+    let (first, last): (f64, f64) = {
+        let mut numbers = trend.split(" → ");
+        (numbers.next().unwrap().parse().unwrap(), numbers.next().unwrap().split(' ').next().unwrap().parse().unwrap())
+    };
+    assert!(last < first, "the loss went down on screen: {first} → {last}\n{screen}");
+    let adapter = dirs.data.join("adapters/finetune-py/finetune-py.gguf");
+    assert!(adapter.is_file());
+    let provenance: Value =
+        serde_json::from_slice(&std::fs::read(dirs.data.join("adapters/finetune-py/provenance.json")).unwrap())
+            .unwrap();
+    assert_eq!(provenance["state"], "finished", "{provenance:#}");
+    let step = provenance["adapter_step"].as_u64().unwrap();
+    tmux.wait_for("the adapter in the status line", |s| s.contains(&format!("LoRA finetune-py.gguf @ step {step} ×1")));
+
+    // An editor on the same session completes with the adapter.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut editor = Command::new(env!("CARGO_BIN_EXE_phi-tui"))
+        .args(["lsp", "-t", "1", "-m"])
+        .arg(&model)
+        .env("PHI_TUI_DATA_DIR", &dirs.data)
+        .env("PHI_TUI_CONFIG_DIR", &dirs.config)
+        .env("PHI_TUI_RUNTIME_DIR", dirs.data.join("run"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (stdin, stdout) = (editor.stdin.take().unwrap(), editor.stdout.take().unwrap());
+    // In a comment, whatever the tiny model writes on the line is valid Python, so the editor shows all of it.
+    let document = "\"\"\"Geometry helpers.\"\"\"\n\n# Return the area of a ";
+    let insert_text = runtime.block_on(async {
+        let stdin = tokio::process::ChildStdin::from_std(stdin).unwrap();
+        let stdout = tokio::process::ChildStdout::from_std(stdout).unwrap();
+        let mut client = TestClient::over(stdout, stdin);
+        client.initialize(json!({"debounceMs": 0, "maxTokens": 8})).await;
+        client.open("file:///work/shapes/new.py", document).await;
+        let id = client.request_inline("file:///work/shapes/new.py", 2, 23, true).await;
+        let response = client.response(id).await;
+        let items = TestClient::inline_items(&response);
+        assert_eq!(items.len(), 1, "{response}");
+        items[0]["insertText"].as_str().unwrap().to_owned()
+    });
+    let _ = editor.kill();
+    let _ = editor.wait();
+    let suggestion = insert_text.strip_prefix("# Return the area of a ").unwrap_or_else(|| panic!("{insert_text:?}"));
+    assert!(!suggestion.trim().is_empty(), "{insert_text:?}");
+    let generate = |lora: Option<&Path>| -> String {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_phi-tui"));
+        command.args(["generate", "-t", "1", "-n", "8", "--json", "-p", document, "-m"]).arg(&model);
+        if let Some(lora) = lora {
+            command.arg("--lora").arg(lora);
+        }
+        let output =
+            command.env("PHI_TUI_DATA_DIR", &dirs.data).env("PHI_TUI_CONFIG_DIR", &dirs.config).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+        json["text"].as_str().unwrap().to_owned()
+    };
+    let with_adapter = generate(Some(&adapter));
+    let base = generate(None);
+    eprintln!("editor: {suggestion:?}\nwith the adapter: {with_adapter:?}\nbase: {base:?}");
+    assert!(
+        with_adapter.starts_with(suggestion.trim_end()),
+        "editor {suggestion:?} vs generate --lora {with_adapter:?}"
+    );
+    assert!(!base.starts_with(suggestion.trim_end()), "the base model says the same: {base:?}");
+    tmux.quit();
+}
+
 #[test]
 fn an_abort_gives_the_terminal_back() {
     require_tmux!();

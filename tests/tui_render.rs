@@ -88,7 +88,11 @@ fn status_line_names_the_gpu_the_model_runs_on() {
 #[test]
 fn conversation_with_code_and_chat_replies() {
     let mut app = conversation();
-    app.update(Action::AdapterChanged(Ok(Some(AdapterInfo { path: PathBuf::from("/a/style.gguf"), scale: 0.5 }))));
+    app.update(Action::AdapterChanged(Ok(Some(AdapterInfo {
+        path: PathBuf::from("/a/style.gguf"),
+        scale: 0.5,
+        step: None,
+    }))));
     app.notice = None;
     let screen = screen(&mut app);
     assert!(screen.contains("[2] python"), "{screen}");
@@ -391,4 +395,32 @@ fn a_long_error_is_shown_whole_under_the_title_bar() {
     app.update(Action::Error("no model loaded".into()));
     let screen = render_app(&mut app, 80, 24).backend().to_string();
     assert!(screen.lines().next().unwrap().contains("no model loaded"), "{screen}");
+}
+
+#[test]
+fn finetune_screen_while_training() {
+    use phi_tui::finetune::live::{DataSummary, LiveEvent};
+    use phi_tui::tui::finetune::PreparedRun;
+
+    let mut app = ready_app();
+    type_text(&mut app, ":finetune /src/myrepo");
+    app.update(key(KeyCode::Enter));
+    let summary = DataSummary {
+        train_sequences: 90,
+        validation_sequences: 10,
+        train_tokens: 20000,
+        steps_per_epoch: 23,
+        total_steps: 40,
+        seconds_per_step: 1.5,
+    };
+    app.update(Action::FinetunePrepared(Ok(PreparedRun { name: "myrepo".into(), summary, resumable: false })));
+    app.update(Action::FinetuneStarted);
+    let losses: Vec<f64> = (0..20).map(|i| 4.0 - 0.1 * f64::from(i)).collect();
+    finetune_progress(&mut app, &losses, 40);
+    let path = PathBuf::from("/data/adapters/myrepo/myrepo.gguf");
+    app.update(Action::FinetuneProgress(LiveEvent::AdapterWritten { step: 20, validation_loss: Some(2.4), path }));
+    let adapter = AdapterInfo { path: PathBuf::from("/data/adapters/myrepo/myrepo.gguf"), scale: 1.0, step: Some(20) };
+    app.update(Action::AdapterChanged(Ok(Some(adapter))));
+    app.notice = None;
+    assert_snapshot!("finetune_training", screen(&mut app));
 }

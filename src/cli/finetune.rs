@@ -11,13 +11,19 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use phi_tui::finetune::live::LiveControl;
 use phi_tui::finetune::{
     self, AdamWConfig, BaseModel, DataOptions, LoraAdapter, LoraTarget, ScheduleKind, TrainEvent, TrainOptions, Trainer,
 };
+use phi_tui::session::client::DaemonSession;
+use phi_tui::session::paths::SessionPaths;
+use phi_tui::session::{watch_interactive, ClientKind, SharedSession};
 
 const DEFAULT_TARGETS: &str = "q_proj,k_proj,v_proj,dense,fc1,fc2";
 const DEFAULT_RANK: usize = 8;
 const DEFAULT_ALPHA: f32 = 16.0;
+/// With --live, validation (and so a possible push) every this many steps unless --eval-every says otherwise.
+const LIVE_EVAL_EVERY: u64 = 10;
 
 #[derive(Args, Debug)]
 pub struct FinetuneArgs {
@@ -110,6 +116,18 @@ pub struct FinetuneArgs {
     /// update; step counts from 1; grad_norm before clipping; seconds of wall-clock time for the step)
     #[arg(long)]
     log: Option<PathBuf>,
+    /// Also measure the validation loss every N steps (always: at each epoch's end and at the end) [default: 0, or
+    /// 10 with --live]
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// Push each improved adapter (lowest validation loss so far; written to --out) into the running session
+    /// daemon, so the TUI and the editors use it while training goes on; training waits between steps while the
+    /// session is generating, and uses --threads
+    #[arg(long)]
+    live: bool,
+    /// Training threads with --live [default: half the cores]
+    #[arg(long, default_value_t = 0, requires = "live")]
+    threads: usize,
     /// Where to train: cpu, or cuda / cuda:N in a build with the `cuda` feature
     #[arg(long, default_value = if cfg!(feature = "cuda") { "cuda" } else { "cpu" })]
     device: String,
@@ -179,6 +197,7 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
         shuffle: !args.no_shuffle,
         checkpoint_dir: Some(checkpoint_dir.clone()),
         save_every: args.save_every,
+        eval_every: args.eval_every.unwrap_or(if args.live { LIVE_EVAL_EVERY } else { 0 }),
     };
     let mut trainer = if args.resume {
         let trainer = Trainer::resume(&model, &data, options)?;
@@ -189,13 +208,17 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
         Trainer::new(&model, &data, adapter, options)?
     };
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let handler_stop = Arc::clone(&stop);
+    let live = args.live.then(LiveSession::connect).transpose()?;
+    let busy = live.as_ref().map(|l| Arc::clone(&l.busy));
+    let control = Arc::new(LiveControl::new(move || busy.as_ref().is_some_and(|b| b.load(Ordering::SeqCst))));
+    let stopping = AtomicBool::new(false);
+    let handler_control = Arc::clone(&control);
     ctrlc::set_handler(move || {
-        if handler_stop.swap(true, Ordering::SeqCst) {
+        if stopping.swap(true, Ordering::SeqCst) {
             // A second Ctrl-C: the user does not want to wait for the step to finish.
             std::process::exit(130);
         }
+        handler_control.stop();
         eprintln!("\ninterrupted: finishing this step and saving a checkpoint (Ctrl-C again to quit now)");
     })
     .context("installing the Ctrl-C handler")?;
@@ -218,7 +241,26 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
             .progress_chars("=> "),
     );
     let mut log_error = None;
+    let adapter_name = finetune::gguf_adapter::name_from_path(&args.out);
+    let mut best: Option<LoraAdapter> = None;
+    let mut live_error = None;
     let mut on_event = |event: &TrainEvent| match event {
+        TrainEvent::Improved { step, loss, adapter } => {
+            let Some(live) = &live else { return };
+            best = Some((**adapter).clone());
+            let pushed = finetune::write_adapter_gguf_at_step(&args.out, adapter, &adapter_name, Some(*step))
+                .map_err(anyhow::Error::from)
+                .and_then(|()| live.push(&args.out));
+            match pushed {
+                Ok(()) => bar.suspend(|| {
+                    eprintln!("step {step}: validation loss {loss:.4}, the session now applies {}", args.out.display())
+                }),
+                Err(e) => {
+                    bar.suspend(|| eprintln!("step {step}: {e:#}"));
+                    live_error.get_or_insert(e);
+                }
+            }
+        }
         TrainEvent::Started { start_step, total_steps, steps_per_epoch } => {
             bar.set_position(*start_step);
             bar.reset_eta();
@@ -260,9 +302,15 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
             tracing::info!(step, "checkpoint {}", path.display());
         }
     };
-    let outcome = trainer.run(&stop, &mut on_event);
+    let outcome = match &live {
+        Some(_) => finetune::live::training_pool(args.threads)?.install(|| trainer.run(&*control, &mut on_event)),
+        None => trainer.run(&*control, &mut on_event),
+    };
     bar.finish_and_clear();
     let outcome = outcome?;
+    if let Some(e) = live_error {
+        tracing::warn!("live fine-tuning could not reach the session: {e:#}");
+    }
     if let (Some(e), Some(path)) = (log_error, &args.log) {
         bail!("{}: cannot write the log: {e}", path.display());
     }
@@ -276,10 +324,24 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(130));
     }
 
-    let name = finetune::gguf_adapter::name_from_path(&args.out);
-    finetune::write_adapter_gguf(&args.out, &outcome.adapter, &name)?;
+    // Live, --out holds the best adapter (lowest validation loss), already applied; without validation data there
+    // was none, and the last one is written and applied now.
+    let kept = match (&live, best) {
+        (Some(_), Some(best)) => best,
+        (Some(live), None) => {
+            finetune::write_adapter_gguf_at_step(&args.out, &outcome.adapter, &adapter_name, Some(outcome.steps_done))?;
+            if let Err(e) = live.push(&args.out) {
+                eprintln!("{e:#}");
+            }
+            outcome.adapter.clone()
+        }
+        (None, _) => {
+            finetune::write_adapter_gguf(&args.out, &outcome.adapter, &adapter_name)?;
+            outcome.adapter.clone()
+        }
+    };
     let base_name = base_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    finetune::write_peft(&peft_out, &outcome.adapter, &base_name)?;
+    finetune::write_peft(&peft_out, &kept, &base_name)?;
     if let Some(loss) = outcome.last_loss {
         eprint!("final training loss {loss:.4}");
         if let Some(v) = outcome.validation_loss {
@@ -290,12 +352,43 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
     eprintln!(
         "wrote {} (rank {}, alpha {}, {} parameters) and {}",
         args.out.display(),
-        outcome.adapter.rank,
-        outcome.adapter.alpha,
-        outcome.adapter.parameter_count(),
+        kept.rank,
+        kept.alpha,
+        kept.parameter_count(),
         peft_out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--live`: the running session daemon, reached as a probe (it neither starts a daemon nor takes a sequence),
+/// and whether it is generating, watched on a thread of its own.
+struct LiveSession {
+    runtime: tokio::runtime::Runtime,
+    session: SharedSession,
+    busy: Arc<AtomicBool>,
+}
+
+impl LiveSession {
+    fn connect() -> anyhow::Result<LiveSession> {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+        let paths = SessionPaths::for_user()?;
+        let session: SharedSession = Arc::new(DaemonSession::new(paths, ClientKind::Probe, None));
+        match runtime.block_on(session.state()) {
+            Ok(state) if state.model.is_some() => {}
+            Ok(_) => eprintln!("live: the session daemon has no model loaded yet; adapters are pushed once it has"),
+            Err(e) => bail!("--live needs a running session (start the TUI, an editor, or `phi-tui serve`): {e}"),
+        }
+        let busy = Arc::new(AtomicBool::new(false));
+        runtime.spawn(watch_interactive(Arc::clone(&session), Arc::clone(&busy)));
+        Ok(LiveSession { runtime, session, busy })
+    }
+
+    /// Applies the adapter at `path` for every client of the session.
+    fn push(&self, path: &Path) -> anyhow::Result<()> {
+        let path = path.canonicalize().with_context(|| format!("{}", path.display()))?;
+        self.runtime.block_on(self.session.set_adapter(path, 1.0))?;
+        Ok(())
+    }
 }
 
 /// The adapter a new run starts from: the `--init-adapter`, or a fresh one.

@@ -50,7 +50,11 @@ pub fn run(args: TuiArgs) -> anyhow::Result<ExitCode> {
 
     let model = phi_tui::models::resolve(args.model.as_deref(), &config)?;
     let lora_scale = args.lora_scale.unwrap_or(config.lora_scale);
-    let lora = args.lora.clone().or_else(|| config.lora.clone()).map(|path| (path, lora_scale));
+    let lora = args
+        .lora
+        .clone()
+        .or_else(|| config.lora.clone())
+        .map(|given| (phi_tui::finetune::live::resolve_adapter(&data_dir, &given), lora_scale));
     let session = super::serve::session_for(ClientKind::Tui, &args.runtime, args.standalone)?;
     let options = TuiOptions { session, model, lora, config, config_path, data_dir };
     super::runtime()?.block_on(tui::run(options))?;

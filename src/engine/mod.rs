@@ -15,6 +15,7 @@ mod ffi;
 mod sampling;
 mod text;
 mod validate;
+pub use validate::TRAINING_STEP_KEY;
 mod worker;
 
 use std::fmt;
@@ -200,6 +201,10 @@ pub struct AdapterInfo {
     pub path: PathBuf,
     /// The user scale; llama.cpp multiplies it by the adapter's alpha / rank.
     pub scale: f32,
+    /// The training step the adapter was written at (`phi_tui.training.step` in its GGUF, written by live
+    /// fine-tuning), for status lines; `None` for finished or foreign adapters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u64>,
 }
 
 /// A snapshot of the engine for status lines.

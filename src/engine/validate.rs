@@ -366,14 +366,36 @@ fn describe_value(value: &MetadataValue) -> String {
     }
 }
 
+/// The GGUF key where live fine-tuning records the step an adapter was written at.
+pub const TRAINING_STEP_KEY: &str = "phi_tui.training.step";
+
+/// What the engine keeps from an adapter file's header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AdapterFacts {
+    pub(crate) path: PathBuf,
+    /// Which version of the file this is: a file rewritten at the same path (live fine-tuning replaces its adapter
+    /// with write-then-rename) is another adapter and must be loaded again.
+    pub(crate) version: FileVersion,
+    pub(crate) step: Option<u64>,
+}
+
+/// A file's identity and last change: (device, inode, modification time in ns, length).
+pub(crate) type FileVersion = (u64, u64, i64, u64);
+
+fn file_version(metadata: &std::fs::Metadata) -> FileVersion {
+    use std::os::unix::fs::MetadataExt;
+    (metadata.dev(), metadata.ino(), metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec(), metadata.len())
+}
+
 /// Checks that a LoRA adapter fits the loaded model: same architecture, and every `X.lora_a`/`X.lora_b` pair
-/// names a tensor `X` of the model with matching dimensions. Returns the adapter's canonical path.
-pub(crate) fn adapter_file(path: &Path, model: &ModelFacts) -> Result<PathBuf> {
+/// names a tensor `X` of the model with matching dimensions. Returns the adapter's canonical path and version.
+pub(crate) fn adapter_file(path: &Path, model: &ModelFacts) -> Result<AdapterFacts> {
     let invalid = |reason: String| EngineError::InvalidAdapter { path: path.to_path_buf(), reason };
     if !path.is_file() {
         return Err(invalid("no such file".to_owned()));
     }
     let canonical = path.canonicalize().map_err(|e| invalid(e.to_string()))?;
+    let version = std::fs::metadata(&canonical).map(|m| file_version(&m)).map_err(|e| invalid(e.to_string()))?;
     let file = GgufFile::open(path).map_err(|e| invalid(strip_path(&e.to_string(), path)))?;
     if file.get_str("general.type") != Some("adapter") || file.get_str("adapter.type") != Some("lora") {
         return Err(invalid("not a LoRA adapter (general.type must be `adapter`, adapter.type `lora`)".to_owned()));
@@ -418,7 +440,8 @@ pub(crate) fn adapter_file(path: &Path, model: &ModelFacts) -> Result<PathBuf> {
     if pairs == 0 {
         return Err(invalid("the adapter has no lora_a/lora_b tensors".to_owned()));
     }
-    Ok(canonical)
+    let step = file.get_u32(TRAINING_STEP_KEY).map(u64::from);
+    Ok(AdapterFacts { path: canonical, version, step })
 }
 
 /// Bytes of an f16 KV cache holding `positions` token positions of the model (keys and values, every layer).

@@ -19,7 +19,7 @@ use llama_cpp_2::{DecodeError, LlamaBackendDeviceType, LogOptions};
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 
 use super::text::{TextStop, TextStream};
-use super::validate::{self, ModelFacts};
+use super::validate::{self, AdapterFacts, ModelFacts};
 use super::{
     AdapterInfo, EngineError, EngineOptions, EngineState, FlashAttention, GenerateRequest, GenerationEvent,
     GenerationSummary, KvCacheLayout, LoadProgress, ModelInfo, Priority, Prompt, RequestId, Result, SequenceId,
@@ -167,7 +167,7 @@ struct Loaded {
     model: LlamaModel,
     info: ModelInfo,
     facts: ModelFacts,
-    adapters: Vec<(PathBuf, LlamaLoraAdapter)>,
+    adapters: Vec<(AdapterFacts, LlamaLoraAdapter)>,
     active_adapter: Option<(usize, f32)>,
 }
 
@@ -183,7 +183,7 @@ enum Exit {
     },
     /// A new adapter needs `&mut LlamaModel`, which no live context may borrow.
     InitAdapter {
-        path: PathBuf,
+        facts: AdapterFacts,
         scale: f32,
         reply: oneshot::Sender<Result<AdapterInfo>>,
     },
@@ -271,18 +271,19 @@ impl Worker {
                         loaded = Some(new);
                     }
                 }
-                Exit::InitAdapter { path, scale, reply } => {
+                Exit::InitAdapter { facts, scale, reply } => {
                     let Some(loaded) = loaded.as_mut() else {
                         let _ = reply.send(Err(EngineError::NoModel));
                         continue;
                     };
-                    let result = match loaded.model.lora_adapter_init(&path) {
+                    let result = match loaded.model.lora_adapter_init(&facts.path) {
                         Ok(adapter) => {
-                            loaded.adapters.push((path.clone(), adapter));
+                            let info = AdapterInfo { path: facts.path.clone(), scale, step: facts.step };
+                            loaded.adapters.push((facts, adapter));
                             loaded.active_adapter = Some((loaded.adapters.len() - 1, scale));
-                            Ok(AdapterInfo { path, scale })
+                            Ok(info)
                         }
-                        Err(e) => Err(EngineError::InvalidAdapter { path, reason: e.to_string() }),
+                        Err(e) => Err(EngineError::InvalidAdapter { path: facts.path, reason: e.to_string() }),
                     };
                     let _ = reply.send(result);
                 }
@@ -414,7 +415,7 @@ impl Worker {
                     model: Some(session.info.clone()),
                     adapter: session
                         .active_adapter
-                        .map(|(index, scale)| AdapterInfo { path: session.adapters[index].0.clone(), scale }),
+                        .map(|(index, scale)| adapter_info(&session.adapters[index].0, scale)),
                     cached_tokens: self.cached.iter().map(Vec::len).collect(),
                     pending_requests: self.jobs.len(),
                 });
@@ -450,26 +451,28 @@ impl Worker {
             let _ = reply.send(Err(EngineError::InvalidAdapter { path, reason: format!("bad scale {scale}") }));
             return None;
         }
-        let path = match validate::adapter_file(&path, session.facts) {
-            Ok(canonical) => canonical,
+        let facts = match validate::adapter_file(&path, session.facts) {
+            Ok(facts) => facts,
             Err(e) => {
                 let _ = reply.send(Err(e));
                 return None;
             }
         };
-        let Some(index) = session.adapters.iter().position(|(p, _)| *p == path) else {
-            return Some(Exit::InitAdapter { path, scale, reply });
+        // The same path and the same version of the file: the adapter loaded before. A file rewritten since (live
+        // fine-tuning) is loaded anew; llama.cpp frees the older one only with the model.
+        let Some(index) = session.adapters.iter().position(|(loaded, _)| *loaded == facts) else {
+            return Some(Exit::InitAdapter { facts, scale, reply });
         };
         let result = session
             .ctx
             .lora_adapter_set(&mut session.adapters[index].1, scale)
-            .map_err(|e| EngineError::InvalidAdapter { path: path.clone(), reason: e.to_string() });
+            .map_err(|e| EngineError::InvalidAdapter { path: facts.path.clone(), reason: e.to_string() });
         if result.is_ok() {
             *session.active_adapter = Some((index, scale));
         }
         // Whatever happened, cached keys and values may no longer match the weights.
         self.clear_all(session.ctx);
-        let _ = reply.send(result.map(|()| AdapterInfo { path, scale }));
+        let _ = reply.send(result.map(|()| adapter_info(&facts, scale)));
         None
     }
 
@@ -731,7 +734,7 @@ struct Session<'a, 'm> {
     model: &'a LlamaModel,
     info: &'a ModelInfo,
     facts: &'a ModelFacts,
-    adapters: &'a mut Vec<(PathBuf, LlamaLoraAdapter)>,
+    adapters: &'a mut Vec<(AdapterFacts, LlamaLoraAdapter)>,
     active_adapter: &'a mut Option<(usize, f32)>,
 }
 
@@ -967,6 +970,10 @@ fn context_params(options: &EngineOptions, info: &ModelInfo) -> LlamaContextPara
 
 fn default_threads() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+fn adapter_info(facts: &AdapterFacts, scale: f32) -> AdapterInfo {
+    AdapterInfo { path: facts.path.clone(), scale, step: facts.step }
 }
 
 #[cfg(test)]

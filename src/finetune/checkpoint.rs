@@ -32,6 +32,9 @@ pub(crate) struct CheckpointState {
     pub(crate) modules: Vec<(usize, String)>,
     /// The settings the run depends on; a resume must match them all.
     pub(crate) settings: BTreeMap<String, serde_json::Value>,
+    /// The lowest validation loss so far and its step (absent in checkpoints of older versions).
+    #[serde(default)]
+    pub(crate) best_validation: Option<(u64, f64)>,
 }
 
 /// What a checkpoint holds.

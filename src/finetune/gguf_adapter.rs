@@ -42,8 +42,18 @@ pub fn name_from_path(path: &Path) -> String {
 
 /// Writes `adapter` as a llama.cpp LoRA GGUF at `path` (atomically).
 pub fn write_adapter_gguf(path: &Path, adapter: &LoraAdapter, name: &str) -> Result<()> {
+    write_adapter_gguf_at_step(path, adapter, name, None)
+}
+
+/// [`write_adapter_gguf`] for an adapter still in training: `step` goes into the file
+/// ([`crate::engine::TRAINING_STEP_KEY`]), so that the session shows which step it applies. llama.cpp ignores it.
+pub fn write_adapter_gguf_at_step(path: &Path, adapter: &LoraAdapter, name: &str, step: Option<u64>) -> Result<()> {
     let fail = |e: std::io::Error| FinetuneError::io(path, "cannot write file", e);
     let mut header = GgufHeader::new();
+    if let Some(step) = step {
+        let step = u32::try_from(step).unwrap_or(u32::MAX);
+        header.set_metadata(crate::engine::TRAINING_STEP_KEY, MetadataValue::U32(step));
+    }
     header.set_metadata("general.architecture", MetadataValue::String("phi2".to_owned()));
     header.set_metadata("general.type", MetadataValue::String("adapter".to_owned()));
     header.set_metadata("adapter.type", MetadataValue::String("lora".to_owned()));

@@ -8,13 +8,15 @@
 //! * [`lora`]: adapters as host data ([`LoraAdapter`]); [`peft`] and [`gguf_adapter`] read and write them as PEFT
 //!   directories and llama.cpp GGUFs;
 //! * [`data`]: JSONL and Python-repository datasets; [`optim`]: AdamW (torch's math), schedules, clipping;
-//! * [`trainer`]: the loop, validation and checkpoints that resume exactly.
+//! * [`trainer`]: the loop, validation and checkpoints that resume exactly;
+//! * [`live`]: runs kept in the data directory whose improved adapters the session applies while they train.
 
 mod checkpoint;
 mod cpu_ops;
 pub mod data;
 mod error;
 pub mod gguf_adapter;
+pub mod live;
 pub mod lora;
 pub mod model;
 pub mod optim;
@@ -25,12 +27,12 @@ pub mod trainer;
 pub use checkpoint::CHECKPOINT_FILE;
 pub use data::{load_dataset, load_tokenizer, DataOptions, Dataset, Sequence, END_OF_TEXT};
 pub use error::{FinetuneError, Result};
-pub use gguf_adapter::{import_peft, read_adapter, read_adapter_gguf, write_adapter_gguf};
+pub use gguf_adapter::{import_peft, read_adapter, read_adapter_gguf, write_adapter_gguf, write_adapter_gguf_at_step};
 pub use lora::{LoraAdapter, LoraPair, LoraTarget, Matrix};
 pub use model::{BaseModel, BaseSource, PhiConfig};
 pub use optim::{AdamW, AdamWConfig, Schedule, ScheduleKind};
 pub use peft::{read_peft, write_peft};
-pub use trainer::{StepReport, TrainEvent, TrainOptions, TrainOutcome, Trainer};
+pub use trainer::{StepGate, StepReport, TrainEvent, TrainOptions, TrainOutcome, Trainer};
 
 /// The device training runs on: `cpu`, or `cuda` / `cuda:N` in a build with the `cuda` feature.
 pub fn device(name: &str) -> Result<candle_core::Device> {

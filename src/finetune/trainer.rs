@@ -48,6 +48,9 @@ pub struct TrainOptions {
     pub checkpoint_dir: Option<PathBuf>,
     /// Save a checkpoint every this many steps (0: only at the end of each epoch, on interrupt and at the end).
     pub save_every: u64,
+    /// Also measure the validation loss every this many steps (0: only at the end of each epoch and of the run).
+    /// Validation does not change the weights, so this is not a setting a resume must match.
+    pub eval_every: u64,
 }
 
 impl Default for TrainOptions {
@@ -67,6 +70,7 @@ impl Default for TrainOptions {
             shuffle: true,
             checkpoint_dir: None,
             save_every: 0,
+            eval_every: 0,
         }
     }
 }
@@ -110,6 +114,26 @@ pub enum TrainEvent {
         step: u64,
         path: PathBuf,
     },
+    /// The validation loss is the lowest of the run so far (the first one included): the adapter as it is now.
+    Improved {
+        step: u64,
+        loss: f64,
+        adapter: Box<LoraAdapter>,
+    },
+}
+
+/// What the loop asks before each optimizer step, and what the caller answers: go on (possibly after waiting), or
+/// stop there (a checkpoint is saved, as for Ctrl-C). It may block: a paused run, or a run that gives way to
+/// interactive requests, waits here, between two steps, where nothing is half done.
+pub trait StepGate {
+    fn proceed(&self) -> bool;
+}
+
+/// A stop flag (set by Ctrl-C, say) is the simplest gate: it never waits.
+impl StepGate for AtomicBool {
+    fn proceed(&self) -> bool {
+        !self.load(Ordering::SeqCst)
+    }
 }
 
 /// How a run ended.
@@ -122,6 +146,8 @@ pub struct TrainOutcome {
     pub interrupted: bool,
     pub last_loss: Option<f64>,
     pub validation_loss: Option<f64>,
+    /// The lowest validation loss of the run (resumed runs included) and its step.
+    pub best_validation: Option<(u64, f64)>,
 }
 
 pub struct Trainer<'a> {
@@ -140,6 +166,8 @@ pub struct Trainer<'a> {
     step: u64,
     steps_per_epoch: u64,
     total_steps: u64,
+    /// The lowest validation loss so far and its step (kept in checkpoints, so a resumed run knows it).
+    best_validation: Option<(u64, f64)>,
 }
 
 impl<'a> Trainer<'a> {
@@ -179,6 +207,7 @@ impl<'a> Trainer<'a> {
             step: 0,
             steps_per_epoch,
             total_steps,
+            best_validation: None,
         })
     }
 
@@ -209,6 +238,7 @@ impl<'a> Trainer<'a> {
         trainer.adam.v = saved.v;
         trainer.adam.step = saved.state.adam_step;
         trainer.step = saved.state.step;
+        trainer.best_validation = saved.state.best_validation;
         tracing::info!(step = trainer.step, "resuming from {}", path.display());
         Ok(trainer)
     }
@@ -224,6 +254,11 @@ impl<'a> Trainer<'a> {
 
     pub fn steps_per_epoch(&self) -> u64 {
         self.steps_per_epoch
+    }
+
+    /// The lowest validation loss so far and its step.
+    pub fn best_validation(&self) -> Option<(u64, f64)> {
+        self.best_validation
     }
 
     /// The adapter as it is now.
@@ -272,6 +307,7 @@ impl<'a> Trainer<'a> {
             alpha: self.alpha,
             modules: self.keys.iter().map(|&(l, t)| (l, t.peft_name().to_owned())).collect(),
             settings: self.settings(),
+            best_validation: self.best_validation,
         };
         let checkpoint = Checkpoint { state, adapter: self.adapter(), m: self.adam.m.clone(), v: self.adam.v.clone() };
         checkpoint::save(dir, &checkpoint)
@@ -376,9 +412,9 @@ impl<'a> Trainer<'a> {
         Ok((count > 0).then(|| sum / count as f64))
     }
 
-    /// Trains until the last step or until `stop` is set (checked after every step). Checkpoints go to
+    /// Trains until the last step or until `gate` says stop (asked before every step). Checkpoints go to
     /// `options.checkpoint_dir` at the end of each epoch, every `save_every` steps, on stop and at the end.
-    pub fn run(&mut self, stop: &AtomicBool, on_event: &mut dyn FnMut(&TrainEvent)) -> Result<TrainOutcome> {
+    pub fn run(&mut self, gate: &dyn StepGate, on_event: &mut dyn FnMut(&TrainEvent)) -> Result<TrainOutcome> {
         on_event(&TrainEvent::Started {
             start_step: self.step,
             total_steps: self.total_steps,
@@ -389,6 +425,14 @@ impl<'a> Trainer<'a> {
         let mut validation_loss = None;
         let mut interrupted = false;
         while self.step < self.total_steps {
+            if !gate.proceed() {
+                interrupted = true;
+                if let Some(dir) = self.options.checkpoint_dir.clone() {
+                    let path = self.save_checkpoint(&dir)?;
+                    on_event(&TrainEvent::Checkpoint { step: self.step, path });
+                }
+                break;
+            }
             let started = Instant::now();
             let step = self.step;
             let batches = self.step_batches(step);
@@ -416,22 +460,23 @@ impl<'a> Trainer<'a> {
                 seconds: started.elapsed().as_secs_f64(),
             }));
             let epoch_end = self.step % self.steps_per_epoch == 0 || self.step == self.total_steps;
-            if epoch_end {
+            let evaluate = epoch_end || (self.options.eval_every > 0 && self.step % self.options.eval_every == 0);
+            if evaluate {
                 if let Some(loss) = self.validation_loss()? {
                     validation_loss = Some(loss);
                     on_event(&TrainEvent::Validation { step: self.step, epoch, loss });
+                    if self.best_validation.is_none_or(|(_, best)| loss < best) {
+                        self.best_validation = Some((self.step, loss));
+                        on_event(&TrainEvent::Improved { step: self.step, loss, adapter: Box::new(self.adapter()) });
+                    }
                 }
             }
             let every = self.options.save_every > 0 && self.step % self.options.save_every == 0;
-            interrupted = stop.load(Ordering::SeqCst) && self.step < self.total_steps;
-            if epoch_end || every || interrupted {
+            if epoch_end || every {
                 if let Some(dir) = self.options.checkpoint_dir.clone() {
                     let path = self.save_checkpoint(&dir)?;
                     on_event(&TrainEvent::Checkpoint { step: self.step, path });
                 }
-            }
-            if interrupted {
-                break;
             }
         }
         Ok(TrainOutcome {
@@ -441,6 +486,7 @@ impl<'a> Trainer<'a> {
             interrupted,
             last_loss,
             validation_loss,
+            best_validation: self.best_validation,
         })
     }
 }

@@ -250,3 +250,17 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
         _ => a == b,
     }
 }
+
+/// How often [`watch_interactive`] looks at the session.
+pub const INTERACTIVE_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Keeps `busy` telling whether the session is generating (for any client: an editor's completion, a chat reply),
+/// until `busy` is the only handle left. Training watches it between steps and gives way (`finetune::live`).
+pub async fn watch_interactive(session: SharedSession, busy: Arc<std::sync::atomic::AtomicBool>) {
+    while Arc::strong_count(&busy) > 1 {
+        // A session that cannot answer (no daemon) is not busy: training does not wait on it.
+        let pending = session.state().await.map(|state| state.pending_requests > 0).unwrap_or(false);
+        busy.store(pending, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(INTERACTIVE_POLL).await;
+    }
+}

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
+use super::finetune::{FinetuneRequest, FinetuneSpec, FinetuneView, PreparedRun};
 use super::input::Input;
 use super::keys::{Command, KeyMap};
 use super::prompt::{build_prompt, GenerationSpec};
@@ -12,6 +13,9 @@ use super::session::{Message, MessageStatus, ReplyStats, Role, RunRecord, Sessio
 use crate::config::PromptMode;
 use crate::engine::{AdapterInfo, GenerationSummary, ModelInfo, StopReason};
 use crate::models::{self, PullEvent};
+
+/// The fine-tune screen's data that means "this conversation's code".
+pub const CONVERSATION_DATA: &str = ":conversation";
 
 /// Ticks (of [`TICK`]) between two saves of a reply that is still streaming.
 pub const SAVE_EVERY_TICKS: u32 = 4;
@@ -168,6 +172,14 @@ pub enum Action {
     },
     Notice(String),
     Error(String),
+    /// The fine-tune screen's run was prepared (model and data loaded, a step measured), or could not be.
+    FinetunePrepared(Result<PreparedRun, String>),
+    /// Training started (the event loop had a prepared run to start).
+    FinetuneStarted,
+    FinetuneProgress(crate::finetune::live::LiveEvent),
+    FinetuneEnded(Result<Box<crate::finetune::live::LiveOutcome>, String>),
+    /// The fine-tuned adapters kept in the data directory, by name.
+    Finetuned(Vec<String>),
 }
 
 /// What the event loop must do.
@@ -211,6 +223,19 @@ pub enum Effect {
         scale: f32,
     },
     RemoveAdapter,
+    /// Load the base model and the data of a fine-tuning run (on `model`, the model the session serves).
+    FinetunePrepare {
+        spec: FinetuneSpec,
+        model: PathBuf,
+        /// With the data `:conversation`: the code blocks of this conversation's finished replies, to train on.
+        conversation: Vec<String>,
+    },
+    /// Start the prepared run (continuing its checkpoint with `resume`).
+    FinetuneStart {
+        resume: bool,
+    },
+    FinetunePause,
+    FinetuneStop,
     Quit,
 }
 
@@ -237,6 +262,13 @@ pub struct App {
     pub model: ModelState,
     pub adapter: Option<AdapterInfo>,
     pub adapter_loading: bool,
+    /// The adapter put aside by the base ⇄ adapter toggle, to bring back.
+    pub compared_adapter: Option<AdapterInfo>,
+    /// The fine-tune screen's state (kept while it is closed: a run goes on).
+    pub finetune: Option<FinetuneView>,
+    pub finetune_open: bool,
+    /// The names of the fine-tuned adapters in the data directory (F6 takes a name too).
+    pub finetuned: Vec<String>,
     /// The editors' activity in the shared session, for the status line.
     pub activity: Option<String>,
     /// The last message is a reply being generated.
@@ -283,6 +315,10 @@ impl App {
             model,
             adapter: None,
             adapter_loading: false,
+            compared_adapter: None,
+            finetune: None,
+            finetune_open: false,
+            finetuned: Vec::new(),
             activity: None,
             generating: false,
             streamed_tokens: 0,
@@ -586,6 +622,146 @@ impl App {
                 self.error(text);
                 vec![]
             }
+            Action::Finetuned(names) => {
+                self.finetuned = names;
+                vec![]
+            }
+            Action::FinetunePrepared(result) => {
+                if let Some(view) = &mut self.finetune {
+                    view.prepared(result);
+                }
+                vec![]
+            }
+            Action::FinetuneStarted => {
+                if let Some(view) = &mut self.finetune {
+                    view.started();
+                }
+                vec![]
+            }
+            Action::FinetuneProgress(event) => {
+                let Some(view) = &mut self.finetune else { return vec![] };
+                view.event(&event);
+                match event {
+                    // The better adapter is the session's at once, for the chat and every editor.
+                    crate::finetune::live::LiveEvent::AdapterWritten { path, .. } => {
+                        self.compared_adapter = None;
+                        vec![Effect::SetAdapter { path, scale: 1.0 }]
+                    }
+                    _ => vec![],
+                }
+            }
+            Action::FinetuneEnded(result) => {
+                let result = result.map(|outcome| *outcome);
+                if let Some(view) = &mut self.finetune {
+                    view.ended(&result);
+                }
+                match &result {
+                    Ok(outcome) => self.notify(format!("fine-tuning ended: adapter {}", outcome.adapter.display())),
+                    Err(e) => self.error(format!("fine-tuning: {e}")),
+                }
+                vec![]
+            }
+        }
+    }
+
+    /// Opens the fine-tune screen (on `data` when given), or closes it.
+    pub fn toggle_finetune(&mut self, data: Option<&str>) -> Vec<Effect> {
+        if self.finetune_open && data.is_none() {
+            self.finetune_open = false;
+            return vec![];
+        }
+        let default = self.options.export_dir.to_string_lossy().into_owned();
+        let view = self.finetune.get_or_insert_with(|| FinetuneView::new(data.unwrap_or(&default)));
+        if let Some(data) = data.filter(|_| !view.training()) {
+            view.fields[0] = Input::new(data);
+            view.phase = super::finetune::Phase::Setup;
+        }
+        self.finetune_open = true;
+        vec![]
+    }
+
+    fn finetune_key(&mut self, key: KeyEvent) -> Option<Vec<Effect>> {
+        let view = self.finetune.as_mut()?;
+        let request = match view.key(key)? {
+            Ok(request) => request,
+            Err(problem) => {
+                self.error(problem);
+                return Some(vec![]);
+            }
+        };
+        Some(match request {
+            None => vec![],
+            Some(FinetuneRequest::Close) => {
+                self.finetune_open = false;
+                vec![]
+            }
+            Some(FinetuneRequest::Prepare(spec)) => match self.model_info() {
+                Some(info) => {
+                    let model = info.path.clone();
+                    let conversation = if spec.data.as_os_str() == CONVERSATION_DATA {
+                        let kept = self.kept_code();
+                        if kept.is_empty() {
+                            if let Some(view) = &mut self.finetune {
+                                view.phase = super::finetune::Phase::Setup;
+                            }
+                            self.error("no code to train on: this conversation has no finished reply with code");
+                            return Some(vec![]);
+                        }
+                        kept
+                    } else {
+                        Vec::new()
+                    };
+                    vec![Effect::FinetunePrepare { spec, model, conversation }]
+                }
+                None => {
+                    if let Some(view) = &mut self.finetune {
+                        view.phase = super::finetune::Phase::Setup;
+                    }
+                    self.error("load a model first: fine-tuning trains the loaded model's adapter");
+                    vec![]
+                }
+            },
+            Some(FinetuneRequest::Start { resume }) => vec![Effect::FinetuneStart { resume }],
+            Some(FinetuneRequest::TogglePause) => {
+                if let Some(view) = &mut self.finetune {
+                    view.paused = !view.paused;
+                }
+                vec![Effect::FinetunePause]
+            }
+            Some(FinetuneRequest::Stop) => {
+                self.notify("stopping after this step; the best adapter is kept");
+                vec![Effect::FinetuneStop]
+            }
+        })
+    }
+
+    /// The code of the conversation's finished replies (cancelled and failed ones are not kept).
+    fn kept_code(&self) -> Vec<String> {
+        let finished =
+            self.session.messages.iter().filter(|m| m.role == Role::Assistant && m.status == MessageStatus::Complete);
+        finished.flat_map(|m| m.blocks.iter().map(|b| b.code.clone())).filter(|code| !code.trim().is_empty()).collect()
+    }
+
+    /// Base model ⇄ adapter: puts the adapter aside (or brings it back), to compare a reply with and without it.
+    fn toggle_adapter(&mut self) -> Vec<Effect> {
+        if let Some(adapter) = self.adapter.clone() {
+            self.compared_adapter = Some(adapter);
+            self.adapter_loading = true;
+            self.notify(format!(
+                "base model (no adapter); {} brings the adapter back",
+                self.options.keymap.first(Command::ToggleAdapter)
+            ));
+            return vec![Effect::RemoveAdapter];
+        }
+        match self.compared_adapter.take() {
+            Some(adapter) => {
+                self.adapter_loading = true;
+                vec![Effect::SetAdapter { path: adapter.path, scale: adapter.scale }]
+            }
+            None => {
+                self.notify("no adapter to compare with: F6 sets one, F7 trains one");
+                vec![]
+            }
         }
     }
 
@@ -677,6 +853,11 @@ impl App {
             }
             Some(Overlay::Sessions(_)) => return self.sessions_key(key),
             None => {}
+        }
+        if self.finetune_open {
+            if let Some(effects) = self.finetune_key(key) {
+                return effects;
+            }
         }
         if let Some(command) = self.options.keymap.lookup(&key) {
             return self.command(command);
@@ -906,14 +1087,19 @@ impl App {
                     .as_ref()
                     .map(|a| format!("{} {}", a.path.to_string_lossy(), a.scale))
                     .unwrap_or_default();
-                self.open_prompt(
-                    PromptPurpose::Adapter,
-                    "LoRA adapter",
-                    "path to an adapter GGUF, then the scale (default 1.0); empty removes it",
-                    &current,
-                );
+                let hint = if self.finetuned.is_empty() {
+                    "path to an adapter GGUF, then the scale (default 1.0); empty removes it".to_owned()
+                } else {
+                    format!(
+                        "a fine-tuned adapter ({}) or a GGUF's path, then the scale (default 1.0); empty removes it",
+                        self.finetuned.join(", ")
+                    )
+                };
+                self.open_prompt(PromptPurpose::Adapter, "LoRA adapter", &hint, &current);
                 vec![]
             }
+            Command::Finetune => self.toggle_finetune(None),
+            Command::ToggleAdapter => self.toggle_adapter(),
             Command::Help => {
                 self.overlay = Some(Overlay::Help);
                 vec![]
@@ -977,6 +1163,15 @@ impl App {
     fn send(&mut self) -> Vec<Effect> {
         if self.input.text().trim().is_empty() {
             return vec![];
+        }
+        // `:finetune [PATH]` opens the fine-tune screen (on PATH).
+        if let Some(rest) = self.input.text().trim().strip_prefix(":finetune") {
+            if rest.is_empty() || rest.starts_with(' ') {
+                let data = rest.trim().to_owned();
+                self.input.take();
+                self.finetune_open = false;
+                return self.toggle_finetune(Some(data.as_str()).filter(|d| !d.is_empty()));
+            }
         }
         let Some(info) = self.ready_to_generate() else { return vec![] };
         let text = self.input.take();

@@ -33,11 +33,13 @@ pub enum Command {
     ToggleMouse,
     LoadModel,
     LoadAdapter,
+    Finetune,
+    ToggleAdapter,
     Help,
 }
 
 impl Command {
-    pub const ALL: [Command; 24] = [
+    pub const ALL: [Command; 26] = [
         Command::Send,
         Command::Newline,
         Command::Cancel,
@@ -61,6 +63,8 @@ impl Command {
         Command::ToggleMouse,
         Command::LoadModel,
         Command::LoadAdapter,
+        Command::Finetune,
+        Command::ToggleAdapter,
         Command::Help,
     ];
 
@@ -90,6 +94,8 @@ impl Command {
             Command::ToggleMouse => "toggle_mouse",
             Command::LoadModel => "load_model",
             Command::LoadAdapter => "load_adapter",
+            Command::Finetune => "finetune",
+            Command::ToggleAdapter => "toggle_adapter",
             Command::Help => "help",
         }
     }
@@ -118,7 +124,9 @@ impl Command {
             Command::Export => "export the conversation to Markdown",
             Command::ToggleMouse => "release / capture the mouse (terminal selection)",
             Command::LoadModel => "load another model",
-            Command::LoadAdapter => "set or remove the LoRA adapter",
+            Command::LoadAdapter => "set or remove the LoRA adapter (lists the fine-tuned ones)",
+            Command::Finetune => "fine-tune: train a LoRA adapter on your code (also `:finetune PATH`)",
+            Command::ToggleAdapter => "base model ⇄ adapter, to compare replies",
             Command::Help => "this help",
         }
     }
@@ -148,6 +156,8 @@ impl Command {
             Command::ToggleMouse => &["f2"],
             Command::LoadModel => &["f5"],
             Command::LoadAdapter => &["f6"],
+            Command::Finetune => &["f7"],
+            Command::ToggleAdapter => &["f8"],
             Command::Help => &["f1"],
         }
     }

@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod clipboard;
+pub mod finetune;
 pub mod input;
 pub mod keys;
 pub mod markdown;
@@ -123,6 +124,7 @@ pub async fn run(options: TuiOptions) -> Result<(), TuiError> {
         None => spawn_session_model(&options.session, actions_tx.clone()),
     }
     let session_watch = tokio::spawn(watch_session(options.session.clone(), actions_tx.clone()));
+    send_finetuned(&options.data_dir, &actions_tx);
     let mut event_loop = EventLoop {
         session: options.session.clone(),
         store: store.clone(),
@@ -131,9 +133,12 @@ pub async fn run(options: TuiOptions) -> Result<(), TuiError> {
         generation: None,
         data_dir: options.data_dir.clone(),
         install_cancel: None,
+        config: options.config.clone(),
+        finetune: FinetuneRunner::default(),
     };
     let result = event_loop.run(&mut app, guard.terminal(), actions_rx).await;
     session_watch.abort();
+    event_loop.finetune.finish().await;
     // Cancel what is running and let the last save reach the disk before the terminal is given back.
     if let Some(generation) = event_loop.generation.take() {
         generation.cancel();
@@ -156,6 +161,30 @@ struct EventLoop {
     data_dir: PathBuf,
     /// Stops the install in progress.
     install_cancel: Option<Arc<AtomicBool>>,
+    config: Config,
+    finetune: FinetuneRunner,
+}
+
+/// The fine-tune screen's run: prepared on one thread, trained on another.
+#[derive(Default)]
+struct FinetuneRunner {
+    /// The run [`Effect::FinetunePrepare`] prepared, waiting for [`Effect::FinetuneStart`].
+    prepared: Arc<std::sync::Mutex<Option<crate::finetune::live::Prepared>>>,
+    /// The running run's control; gone when its thread ends.
+    control: std::sync::Weak<crate::finetune::live::LiveControl>,
+}
+
+impl FinetuneRunner {
+    /// Stops a run still training and waits (a little) for its checkpoint, so that it can be resumed.
+    async fn finish(&self) {
+        if let Some(control) = self.control.upgrade() {
+            control.stop();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.control.strong_count() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// What woke the loop up.
@@ -333,6 +362,7 @@ impl EventLoop {
                 }
             }
             Effect::SetAdapter { path, scale } => {
+                let path = crate::finetune::live::resolve_adapter(&self.data_dir, &path);
                 let session = self.session.clone();
                 tokio::spawn(async move {
                     let result = session.set_adapter(path, scale).await.map(Some).map_err(|e| e.to_string());
@@ -346,7 +376,106 @@ impl EventLoop {
                     let _ = actions.send(Action::AdapterChanged(result));
                 });
             }
-            Effect::Quit => {}
+            Effect::FinetunePrepare { spec, model, conversation } => {
+                self.finetune_prepare(spec, model, conversation, actions)
+            }
+            Effect::FinetuneStart { resume } => self.finetune_start(resume, actions),
+            Effect::FinetunePause => {
+                if let Some(control) = self.finetune.control.upgrade() {
+                    let paused = control.toggle_pause();
+                    app.notify(if paused { "training paused: p resumes" } else { "training resumed" });
+                }
+            }
+            Effect::FinetuneStop => {
+                if let Some(control) = self.finetune.control.upgrade() {
+                    control.stop();
+                }
+            }
+            Effect::Quit => {
+                // Stopping saves the run's checkpoint, to resume later.
+                if let Some(control) = self.finetune.control.upgrade() {
+                    control.stop();
+                }
+            }
+        }
+    }
+}
+
+impl EventLoop {
+    fn finetune_prepare(
+        &mut self,
+        mut spec: finetune::FinetuneSpec,
+        model: PathBuf,
+        conversation: Vec<String>,
+        actions: mpsc::UnboundedSender<Action>,
+    ) {
+        let config = self.config.clone();
+        let data_dir = self.data_dir.clone();
+        let slot = Arc::clone(&self.finetune.prepared);
+        let failed = actions.clone();
+        let spawned = std::thread::Builder::new().name("phi-tui-finetune-prepare".to_owned()).spawn(move || {
+            let prepare = || -> Result<crate::finetune::live::Prepared, String> {
+                if !conversation.is_empty() {
+                    spec.data = write_conversation_data(&data_dir, &conversation)?;
+                }
+                // Training reads the checkpoint the model was converted from, or the model itself if unquantized.
+                let base =
+                    models::resolve_checkpoint(Some(&model), &config).map_err(|e| e.to_string())?.unwrap_or(model);
+                let mut settings = crate::finetune::live::LiveSettings::new(base, spec.data);
+                settings.rank = spec.rank;
+                settings.alpha = 2.0 * spec.rank as f32;
+                settings.train.max_steps = Some(spec.steps);
+                settings.train.lr = spec.lr;
+                settings.train.batch_size = spec.batch;
+                settings.train.seq_len = spec.seq_len;
+                settings.prepare(&data_dir).map_err(|e| e.to_string())
+            };
+            let result = prepare().map(|prepared| {
+                let run = finetune::PreparedRun {
+                    name: prepared.settings.name.clone(),
+                    summary: prepared.summary.clone(),
+                    resumable: prepared.resumable,
+                };
+                *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(prepared);
+                run
+            });
+            let _ = actions.send(Action::FinetunePrepared(result));
+        });
+        if let Err(e) = spawned {
+            let _ = failed.send(Action::FinetunePrepared(Err(format!("cannot start: {e}"))));
+        }
+    }
+
+    fn finetune_start(&mut self, resume: bool, actions: mpsc::UnboundedSender<Action>) {
+        if self.finetune.control.upgrade().is_some() {
+            let _ = actions.send(Action::Notice("a run is already training".to_owned()));
+            return;
+        }
+        let taken = self.finetune.prepared.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let Some(prepared) = taken else {
+            let _ = actions.send(Action::FinetuneEnded(Err("nothing prepared: Enter checks the settings".to_owned())));
+            return;
+        };
+        // Training gives way while the session generates (this chat, or an editor's completion).
+        let busy = Arc::new(AtomicBool::new(false));
+        tokio::spawn(crate::session::watch_interactive(self.session.clone(), Arc::clone(&busy)));
+        let control = Arc::new(crate::finetune::live::LiveControl::new(move || busy.load(Ordering::SeqCst)));
+        self.finetune.control = Arc::downgrade(&control);
+        let _ = actions.send(Action::FinetuneStarted);
+        let failed = actions.clone();
+        let data_dir = self.data_dir.clone();
+        let spawned = std::thread::Builder::new().name("phi-tui-finetune".to_owned()).spawn(move || {
+            let progress = actions.clone();
+            let result = prepared.run(resume, &control, &mut |event| {
+                let _ = progress.send(Action::FinetuneProgress(event));
+            });
+            // The control (and with it the watch on the session) ends with the run.
+            drop(control);
+            let _ = actions.send(Action::FinetuneEnded(result.map(Box::new).map_err(|e| e.to_string())));
+            send_finetuned(&data_dir, &actions);
+        });
+        if let Err(e) = spawned {
+            let _ = failed.send(Action::FinetuneEnded(Err(format!("cannot start training: {e}"))));
         }
     }
 }
@@ -525,6 +654,24 @@ fn spawn_session_model(session: &SharedSession, actions: mpsc::UnboundedSender<A
 }
 
 /// How often the TUI asks the shared session what its editors are doing.
+/// Writes the conversation's code as fine-tuning data (`{"text"}` JSONL) and returns its path; its run is called
+/// `conversation`.
+fn write_conversation_data(data_dir: &std::path::Path, code: &[String]) -> Result<PathBuf, String> {
+    let dir = data_dir.join("finetune-data");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = dir.join("conversation.jsonl");
+    let lines: Vec<String> = code.iter().map(|text| serde_json::json!({ "text": text }).to_string()).collect();
+    crate::files::write_atomically(&path, lines.join("\n").as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// Tells the app which fine-tuned adapters the data directory keeps (for F6).
+fn send_finetuned(data_dir: &std::path::Path, actions: &mpsc::UnboundedSender<Action>) {
+    let names = crate::finetune::live::list_runs(data_dir).into_iter().map(|(name, _)| name).collect();
+    let _ = actions.send(Action::Finetuned(names));
+}
+
 const ACTIVITY_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Relays what other clients do to the session (a model or adapter change, the daemon's restarts) and, every

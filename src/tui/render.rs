@@ -14,6 +14,7 @@ use ratatui::widgets::{Block, Borders, Clear, Paragraph};
 use ratatui::Frame;
 
 use super::app::{file_name, App, ModelState, Overlay, SessionsView, TextPrompt, ViewReport};
+use super::finetune::FinetuneView;
 use super::keys::Command;
 use super::markdown::{display_width, render_code_block, render_markdown, wrap_spans, BlockLook};
 use super::session::{format_time, Message, MessageStatus, Role};
@@ -115,6 +116,11 @@ pub fn render(app: &App, cache: &mut RenderCache, frame: &mut Frame) -> ViewRepo
     } else {
         render_conversation(app, cache, frame, body)
     };
+    if app.finetune_open {
+        if let Some(view) = &app.finetune {
+            render_finetune(app, view, frame, body);
+        }
+    }
     render_input(app, frame, input, &input_lines, cursor);
     render_status(app, frame, status);
 
@@ -582,7 +588,16 @@ fn render_status(app: &App, frame: &mut Frame, area: Rect) {
     if app.adapter_loading {
         left.push("LoRA …".to_owned());
     } else if let Some(adapter) = &app.adapter {
-        left.push(format!("LoRA {} ×{}", file_name(&adapter.path), adapter.scale));
+        match adapter.step {
+            Some(step) => left.push(format!("LoRA {} @ step {step} ×{}", file_name(&adapter.path), adapter.scale)),
+            None => left.push(format!("LoRA {} ×{}", file_name(&adapter.path), adapter.scale)),
+        }
+    } else if app.compared_adapter.is_some() {
+        left.push("base (no LoRA)".to_owned());
+    }
+    if let Some(view) = app.finetune.as_ref().filter(|v| v.training()) {
+        let paused = if view.paused { " paused" } else { "" };
+        left.push(format!("training{paused} {}/{}", view.step, view.total_steps));
     }
     if let Some(activity) = &app.activity {
         left.push(activity.clone());
@@ -650,6 +665,8 @@ fn short_description(command: Command) -> &'static str {
         Command::ToggleMouse => "mouse on/off",
         Command::LoadModel => "load model",
         Command::LoadAdapter => "LoRA adapter",
+        Command::Finetune => "fine-tune",
+        Command::ToggleAdapter => "base ⇄ adapter",
         Command::Help => "this help",
     }
 }
@@ -784,4 +801,154 @@ fn render_prompt(prompt: &TextPrompt, frame: &mut Frame, area: Rect) {
         hint,
     );
     frame.set_cursor_position((line.x + (before - skip) as u16, line.y));
+}
+
+fn duration_text(seconds: f64) -> String {
+    let seconds = seconds.max(0.0).round() as u64;
+    match seconds {
+        0..60 => format!("{seconds}s"),
+        60..3600 => format!("{}m{:02}s", seconds / 60, seconds % 60),
+        _ => format!("{}h{:02}m", seconds / 3600, seconds % 3600 / 60),
+    }
+}
+
+/// The fine-tune screen, over the conversation: settings, what a run costs, then the losses as a chart.
+fn render_finetune(app: &App, view: &FinetuneView, frame: &mut Frame, area: Rect) {
+    use super::finetune::{Phase, FIELDS};
+    frame.render_widget(Clear, area);
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(" Fine-tune: a LoRA adapter on your code (Esc: back to the chat; training goes on) ")
+        .border_style(DIM);
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let key_style = Style::new().fg(Color::Yellow);
+    let mut lines: Vec<Line<'static>> = Vec::new();
+    for (i, name) in FIELDS.iter().enumerate() {
+        let focused = i == view.focus && !view.training();
+        let marker = if focused { "▸ " } else { "  " };
+        let value = view.fields[i].text().to_owned();
+        let value_style = if focused { Style::new().add_modifier(Modifier::REVERSED) } else { Style::new() };
+        lines.push(Line::from(vec![
+            Span::raw(marker),
+            Span::styled(format!("{name:<16}"), DIM),
+            Span::styled(value, value_style),
+        ]));
+    }
+    lines.push(Line::default());
+    let mut say = |text: String, style: Style| lines.push(Line::from(Span::styled(text, style)));
+    if let Some(run) = &view.run {
+        let s = &run.summary;
+        say(
+            format!(
+                "{} training sequences ({} tokens), {} validation · {} steps/epoch · {:.2} s/step → ~{} per epoch \
+                 on this device",
+                s.train_sequences,
+                s.train_tokens,
+                s.validation_sequences,
+                s.steps_per_epoch,
+                s.seconds_per_step,
+                duration_text(s.seconds_per_epoch())
+            ),
+            Style::new(),
+        );
+    }
+    match &view.phase {
+        Phase::Setup => {
+            say(
+                "data: a directory of Python files (.gitignore respected), a .py file, a JSONL file, or :conversation \
+                 (the code of this conversation's replies)"
+                    .to_owned(),
+                DIM,
+            );
+            say("Enter: count the tokens and time a step · Tab/↑↓: next field".to_owned(), key_style);
+        }
+        Phase::Checking => say("loading the base model and the data, timing a step…".to_owned(), key_style),
+        Phase::Ready(run) if run.resumable => say(
+            format!("adapters/{0}/: a checkpoint of this run exists · Enter resumes it · Ctrl-N starts over", run.name),
+            key_style,
+        ),
+        Phase::Ready(run) => say(format!("Enter starts; the adapter goes to adapters/{}/", run.name), key_style),
+        Phase::Training => {
+            let mut text = format!("step {}/{}", view.step, view.total_steps);
+            if let Some((first, last)) = view.loss_trend() {
+                text.push_str(&format!(" · loss {first:.3} → {last:.3}"));
+            }
+            if let Some(best) = view.best_validation {
+                text.push_str(&format!(" · best validation {best:.3}"));
+            }
+            text.push_str(&format!(" · {:.0} tok/s", view.tokens_per_s));
+            if let Some(eta) = view.eta_seconds() {
+                text.push_str(&format!(" · ETA {}", duration_text(eta)));
+            }
+            say(text, Style::new());
+            let applied = match view.adapter_step {
+                Some(step) => format!("the session applies the adapter of step {step}"),
+                None => "the adapter is applied at the first validation".to_owned(),
+            };
+            let state = if view.paused { "paused · p resumes" } else { "p pauses" };
+            say(
+                format!(
+                    "{applied} · {state} · s stops (keeps the best) · {} base ⇄ adapter",
+                    app.options.keymap.first(Command::ToggleAdapter)
+                ),
+                key_style,
+            );
+        }
+        Phase::Ended(text) => {
+            if let Some((first, last)) = view.loss_trend() {
+                say(format!("loss {first:.3} → {last:.3}"), Style::new());
+            }
+            say(text.clone(), key_style);
+        }
+        Phase::Failed(error) => say(format!("✗ {error}"), Style::new().fg(Color::LightRed)),
+    }
+    let width = inner.width.max(1) as usize;
+    let wrapped: Vec<Line<'static>> =
+        lines.into_iter().flat_map(|l| wrap_spans(l.spans, width, &[], &[Span::raw("  ")])).collect();
+    let text_rows = (wrapped.len() as u16).min(inner.height);
+    let [text_area, chart_area] = Layout::vertical([Constraint::Length(text_rows), Constraint::Min(0)]).areas(inner);
+    frame.render_widget(Paragraph::new(wrapped), text_area);
+    if chart_area.height >= 4 && !view.losses.is_empty() {
+        render_loss_chart(view, frame, chart_area);
+    }
+}
+
+fn render_loss_chart(view: &FinetuneView, frame: &mut Frame, area: Rect) {
+    use ratatui::symbols::Marker;
+    use ratatui::widgets::{Axis, Chart, Dataset, GraphType};
+    let all = view.losses.iter().chain(&view.validation).map(|&(_, loss)| loss);
+    let (low, high) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (low, high) = if high > low { (low, high) } else { (low - 1.0, high + 1.0) };
+    let last_step = view.total_steps.max(1) as f64;
+    let datasets = vec![
+        Dataset::default()
+            .name("training loss")
+            .marker(Marker::Braille)
+            .graph_type(GraphType::Line)
+            .style(Style::new().fg(Color::Cyan))
+            .data(&view.losses),
+        Dataset::default()
+            .name("validation")
+            .marker(Marker::Dot)
+            .graph_type(GraphType::Scatter)
+            .style(Style::new().fg(Color::LightMagenta))
+            .data(&view.validation),
+    ];
+    let chart = Chart::new(datasets)
+        .x_axis(
+            Axis::default()
+                .title("step")
+                .style(DIM)
+                .bounds([0.0, last_step])
+                .labels(["0".to_owned(), format!("{last_step:.0}")]),
+        )
+        .y_axis(
+            Axis::default()
+                .title("loss")
+                .style(DIM)
+                .bounds([low, high])
+                .labels([format!("{low:.2}"), format!("{high:.2}")]),
+        );
+    frame.render_widget(chart, area);
 }

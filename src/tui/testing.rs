@@ -116,3 +116,27 @@ pub fn render_app(app: &mut App, width: u16, height: u16) -> Terminal<TestBacken
     }
     terminal
 }
+
+/// A fine-tuning run's progress, as the training thread reports it: `losses[i]` is step `i + 1`'s.
+pub fn finetune_progress(app: &mut App, losses: &[f64], total_steps: u64) {
+    use crate::finetune::live::LiveEvent;
+    use crate::finetune::{StepReport, TrainEvent};
+    app.update(Action::FinetuneProgress(LiveEvent::Train(TrainEvent::Started {
+        start_step: 0,
+        total_steps,
+        steps_per_epoch: total_steps,
+    })));
+    for (i, &loss) in losses.iter().enumerate() {
+        let report = StepReport {
+            step: i as u64 + 1,
+            total_steps,
+            epoch: 0,
+            loss,
+            lr: 2e-4,
+            grad_norm: 1.0,
+            tokens: 1000,
+            seconds: 0.5,
+        };
+        app.update(Action::FinetuneProgress(LiveEvent::Train(TrainEvent::Step(report))));
+    }
+}
