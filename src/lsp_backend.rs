@@ -7,7 +7,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use phi_lsp::{BackendError, Completion, CompletionBackend, CompletionRequest, FimTokens, ModelSummary};
 
-use crate::engine::{Engine, GenerateRequest, ModelInfo, Priority, Prompt, SequenceId, StopReason};
+use crate::engine::{Drafting, Engine, GenerateRequest, ModelInfo, Priority, Prompt, SequenceId, StopReason};
 
 /// Completes on one dedicated sequence of a (possibly shared) engine, at interactive priority, so that a
 /// keystroke's completion preempts a chat generation and reuses the previous completion's cached prompt prefix.
@@ -60,6 +60,9 @@ impl CompletionBackend for EngineBackend {
         generate.stop_strings = request.stop_strings;
         generate.stop_predicate = Some(request.stop);
         generate.priority = Priority::Interactive;
+        // Completions repeat the buffer (names, argument lists, the line above): prompt lookup drafts them, and
+        // greedy verification keeps the text exactly what it would be without.
+        generate.draft = Drafting::Lookup(Default::default());
         // The stream cancels the engine's work when dropped, so dropping this future (a `$/cancelRequest`, a
         // superseding keystroke) stops decoding within one step.
         let generation = self.engine.generate(generate);
@@ -73,6 +76,8 @@ impl CompletionBackend for EngineBackend {
                 queue_ms: summary.timings.queue_ms,
                 prompt_ms: summary.timings.prompt_ms,
                 gen_ms: summary.timings.gen_ms,
+                drafted_tokens: summary.timings.drafted,
+                accepted_tokens: summary.timings.draft_accepted,
             })
         }
         .boxed()

@@ -110,6 +110,10 @@ pub struct Completion {
     pub prompt_ms: f64,
     /// Time spent generating.
     pub gen_ms: f64,
+    /// Tokens the backend guessed ahead (speculative drafting) and the model checked.
+    pub drafted_tokens: usize,
+    /// Guessed tokens the model confirmed.
+    pub accepted_tokens: usize,
 }
 
 /// Why a backend call failed.

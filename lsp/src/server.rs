@@ -535,6 +535,8 @@ impl<B: CompletionBackend> Inner<B> {
             queue_ms = completion.queue_ms,
             prompt_ms = completion.prompt_ms,
             gen_ms = completion.gen_ms,
+            drafted_tokens = completion.drafted_tokens,
+            accepted_tokens = completion.accepted_tokens,
             generated_chars = completion.text.len(),
             suggested_chars = suggestion.as_ref().map_or(0, String::len),
             total_ms = ms(request.started.elapsed()),

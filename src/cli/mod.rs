@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use phi_tui::engine::{EngineOptions, FlashAttention};
+use phi_tui::engine::{Drafting, EngineOptions, FlashAttention, LookupOptions};
 
 #[derive(Parser)]
 #[command(
@@ -138,4 +138,37 @@ fn parse_flash_attention(s: &str) -> Result<FlashAttention, String> {
 /// A small runtime for the subcommands that await the engine.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+/// Speculative drafting: `--draft off|lookup`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum DraftMode {
+    /// One token per decode
+    Off,
+    /// Prompt lookup: draft the tokens that followed the latest n-gram before, verify them in one decode
+    Lookup,
+}
+
+/// Prompt lookup's settings, for the subcommands that draft.
+#[derive(Args, Debug, Clone)]
+struct LookupArgs {
+    /// The longest n-gram prompt lookup matches (shorter ones are tried after it)
+    #[arg(long, default_value_t = LookupOptions::default().ngram)]
+    draft_ngram: u32,
+    /// Tokens drafted per step at most
+    #[arg(long, default_value_t = LookupOptions::default().max_draft)]
+    draft_max: u32,
+}
+
+impl LookupArgs {
+    fn drafting(&self, mode: DraftMode) -> Drafting {
+        match mode {
+            DraftMode::Off => Drafting::Off,
+            DraftMode::Lookup => Drafting::Lookup(LookupOptions {
+                ngram: self.draft_ngram,
+                max_draft: self.draft_max,
+                ..LookupOptions::default()
+            }),
+        }
+    }
 }
