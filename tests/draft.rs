@@ -27,9 +27,9 @@ fn lookup() -> Drafting {
     Drafting::Lookup(LookupOptions::default())
 }
 
-/// Drafts only from `reference`, `max_draft` tokens at a time: the fixture prompts hold no 4-gram twice.
-fn lookup_in(reference: Vec<TokenId>, max_draft: u32) -> Drafting {
-    Drafting::Lookup(LookupOptions { ngram: 4, max_draft, reference })
+/// Drafts only from `reference` (the fixture prompts hold no 4-gram twice), `first_draft` tokens at first.
+fn lookup_in(reference: Vec<TokenId>, first_draft: u32) -> Drafting {
+    Drafting::Lookup(LookupOptions { ngram: 4, min_ngram: 4, max_draft: 2 * first_draft, reference })
 }
 
 fn request(prompt: &[TokenId], max_tokens: u32, draft: Drafting) -> GenerateRequest {
@@ -280,7 +280,12 @@ fn phi_tui(args: &[&str]) -> (bool, serde_json::Value, String) {
 #[test]
 fn generate_drafts_by_default_and_reports_it_in_json() {
     let model = converted("tiny-phi", OutType::F16);
-    let prompt = "values = []\n".to_owned() + &"values.append(compute(index, offset, scale))\n".repeat(4);
+    // A prompt whose continuation repeats a few bigrams on this model.
+    let prompt = reference_prompts(&fixtures().join("tiny-phi/reference"))
+        .into_iter()
+        .find(|p| p.name == "long_300")
+        .unwrap()
+        .text;
     let generate = |extra: &[&str]| {
         let mut args = vec!["generate", "-m", model.to_str().unwrap(), "-p", &prompt, "-n", "32", "--ignore-eos"];
         args.extend(["--json", "--threads", "1"]);

@@ -155,6 +155,9 @@ struct LookupArgs {
     /// The longest n-gram prompt lookup matches (shorter ones are tried after it)
     #[arg(long, default_value_t = LookupOptions::default().ngram)]
     draft_ngram: u32,
+    /// The shortest n-gram prompt lookup matches
+    #[arg(long, default_value_t = LookupOptions::default().min_ngram)]
+    draft_ngram_min: u32,
     /// Tokens drafted per step at most
     #[arg(long, default_value_t = LookupOptions::default().max_draft)]
     draft_max: u32,
@@ -166,6 +169,7 @@ impl LookupArgs {
             DraftMode::Off => Drafting::Off,
             DraftMode::Lookup => Drafting::Lookup(LookupOptions {
                 ngram: self.draft_ngram,
+                min_ngram: self.draft_ngram_min,
                 max_draft: self.draft_max,
                 ..LookupOptions::default()
             }),

@@ -28,8 +28,11 @@ pub enum Drafting {
 /// Prompt-lookup drafting's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LookupOptions {
-    /// The longest n-gram looked up: the last `ngram` tokens first, then shorter suffixes down to one token.
+    /// The longest n-gram looked up: the last `ngram` tokens first, then shorter suffixes down to `min_ngram`.
     pub ngram: u32,
+    /// The shortest n-gram looked up. A single token recurs everywhere, text without repetition included, and what
+    /// followed it before is a poor guess; two tokens in a row recur mostly where the text repeats.
+    pub min_ngram: u32,
     /// Tokens drafted per step at most (the draft length adapts below this).
     pub max_draft: u32,
     /// More tokens to draft from, after the generation's own prompt and output: text the output is likely to
@@ -39,7 +42,7 @@ pub struct LookupOptions {
 
 impl Default for LookupOptions {
     fn default() -> Self {
-        Self { ngram: 3, max_draft: 8, reference: Vec::new() }
+        Self { ngram: 3, min_ngram: 2, max_draft: 8, reference: Vec::new() }
     }
 }
 
@@ -52,6 +55,12 @@ impl LookupOptions {
         if !(1..=MAX_NGRAM).contains(&self.ngram) {
             return Err(format!("the n-gram size must be between 1 and {MAX_NGRAM}, got {}", self.ngram));
         }
+        if !(1..=self.ngram).contains(&self.min_ngram) {
+            return Err(format!(
+                "the shortest n-gram must be between 1 and the longest ({}), got {}",
+                self.ngram, self.min_ngram
+            ));
+        }
         if !(1..=MAX_DRAFT).contains(&self.max_draft) {
             return Err(format!("the draft length must be between 1 and {MAX_DRAFT}, got {}", self.max_draft));
         }
@@ -63,16 +72,17 @@ impl LookupOptions {
 }
 
 /// The longest pause, in steps, after drafts that were rejected outright.
-const MAX_PAUSE: u32 = 16;
+const MAX_PAUSE: u32 = 32;
 
 /// One generation's drafting state: what to draft from, and how long a draft its acceptance so far deserves.
 #[derive(Debug)]
 pub(crate) struct Drafter {
     ngram: usize,
+    min_ngram: usize,
     max_draft: usize,
     reference: Vec<TokenId>,
-    /// The length of the next draft: doubles after a draft accepted whole, falls to one more than was accepted
-    /// after a draft rejected part-way.
+    /// The length of the next draft: half the maximum at first, doubles after a draft accepted whole, falls to one
+    /// more than was accepted after a draft rejected part-way.
     length: usize,
     /// Steps left without drafting.
     pause: u32,
@@ -83,11 +93,13 @@ pub(crate) struct Drafter {
 impl Drafter {
     pub(crate) fn new(options: LookupOptions) -> Self {
         let max_draft = options.max_draft.clamp(1, MAX_DRAFT) as usize;
+        let ngram = options.ngram.clamp(1, MAX_NGRAM);
         Self {
-            ngram: options.ngram.clamp(1, MAX_NGRAM) as usize,
+            ngram: ngram as usize,
+            min_ngram: options.min_ngram.clamp(1, ngram) as usize,
             max_draft,
             reference: options.reference,
-            length: max_draft,
+            length: max_draft.div_ceil(2),
             pause: 0,
             misses: 0,
         }
@@ -104,7 +116,7 @@ impl Drafter {
         if length == 0 {
             return Vec::new();
         }
-        for n in (1..=self.ngram).rev() {
+        for n in (self.min_ngram..=self.ngram).rev() {
             let draft = lookup(tokens, n, length);
             if !draft.is_empty() {
                 return draft;
@@ -125,8 +137,8 @@ impl Drafter {
         if accepted == 0 {
             self.length = 1;
             self.misses += 1;
-            // 1, 3, 7, 15, 16, 16, … steps without drafting.
-            self.pause = (1u32 << self.misses.min(5)).saturating_sub(1).min(MAX_PAUSE);
+            // 1, 3, 7, 15, 31, 32, 32, … steps without drafting.
+            self.pause = ((1u32 << self.misses.min(6)) - 1).min(MAX_PAUSE);
             return;
         }
         self.misses = 0;
@@ -176,7 +188,7 @@ mod tests {
     use super::*;
 
     fn drafter(ngram: u32, max_draft: u32) -> Drafter {
-        Drafter::new(LookupOptions { ngram, max_draft, reference: Vec::new() })
+        Drafter::new(LookupOptions { ngram, min_ngram: 1, max_draft, reference: Vec::new() })
     }
 
     #[test]
@@ -209,17 +221,24 @@ mod tests {
 
     #[test]
     fn the_longest_ngram_that_matches_wins() {
-        let mut drafter = drafter(3, 4);
+        let mut drafter = drafter(3, 8);
         // "2 3" was followed by 4 once and by 6 (latest); "1 2 3" only by 4.
         let tokens = [1, 2, 3, 4, 0, 2, 3, 6, 5, 1, 2, 3];
-        assert_eq!(drafter.draft(&tokens, 4), [4, 0, 2, 3]);
-        let mut drafter = self::drafter(2, 4);
-        assert_eq!(drafter.draft(&tokens, 4), [6, 5, 1, 2]);
+        assert_eq!(drafter.draft(&tokens, 8), [4, 0, 2, 3]);
+        let mut drafter = self::drafter(2, 8);
+        assert_eq!(drafter.draft(&tokens, 8), [6, 5, 1, 2]);
+    }
+
+    #[test]
+    fn single_tokens_are_not_looked_up_by_default() {
+        let mut drafter = Drafter::new(LookupOptions::default());
+        assert!(drafter.draft(&[1, 2, 3, 1], 8).is_empty(), "only \"1\" occurred before");
+        assert_eq!(drafter.draft(&[1, 2, 3, 1, 2], 8), [3, 1, 2, 3]);
     }
 
     #[test]
     fn the_reference_is_searched_after_the_own_tokens_of_the_same_length() {
-        let options = LookupOptions { ngram: 2, max_draft: 3, reference: vec![8, 1, 2, 5, 6] };
+        let options = LookupOptions { ngram: 2, min_ngram: 1, max_draft: 6, reference: vec![8, 1, 2, 5, 6] };
         // No 2-gram of its own: the reference's "1 2" continues 5 6 (cut at its end).
         assert_eq!(Drafter::new(options.clone()).draft(&[9, 1, 2], 3), [5, 6]);
         // A 2-gram of its own comes first.
@@ -239,11 +258,13 @@ mod tests {
     fn the_draft_length_follows_acceptance() {
         let tokens: Vec<TokenId> = (0..20).chain(0..1).collect();
         let mut drafter = drafter(1, 8);
-        assert_eq!(drafter.draft(&tokens, 100).len(), 8, "the first draft is as long as allowed");
-        drafter.record(8, 3);
-        assert_eq!(drafter.draft(&tokens, 100).len(), 4, "one more than was accepted");
+        assert_eq!(drafter.draft(&tokens, 100).len(), 4, "the first draft is half as long as allowed");
+        drafter.record(4, 1);
+        assert_eq!(drafter.draft(&tokens, 100).len(), 2, "one more than was accepted");
+        drafter.record(2, 2);
+        assert_eq!(drafter.draft(&tokens, 100).len(), 4, "doubles after a full acceptance");
         drafter.record(4, 4);
-        assert_eq!(drafter.draft(&tokens, 100).len(), 8, "doubles after a full acceptance, up to the maximum");
+        assert_eq!(drafter.draft(&tokens, 100).len(), 8, "up to the maximum");
         drafter.record(8, 8);
         assert_eq!(drafter.draft(&tokens, 100).len(), 8);
     }
@@ -267,7 +288,7 @@ mod tests {
             }
             pauses.push(paused);
         }
-        assert_eq!(pauses, [1, 3, 7, 15, MAX_PAUSE, MAX_PAUSE]);
+        assert_eq!(pauses, [1, 3, 7, 15, 31, MAX_PAUSE]);
         assert_eq!(draft.len(), 1, "a draft after a rejection is one token long");
 
         // One accepted token ends the streak: the next rejection pauses for one step again.
@@ -285,6 +306,8 @@ mod tests {
         for bad in [
             LookupOptions { ngram: 0, ..valid.clone() },
             LookupOptions { ngram: MAX_NGRAM + 1, ..valid.clone() },
+            LookupOptions { min_ngram: 0, ..valid.clone() },
+            LookupOptions { ngram: 2, min_ngram: 3, ..valid.clone() },
             LookupOptions { max_draft: 0, ..valid.clone() },
             LookupOptions { max_draft: MAX_DRAFT + 1, ..valid.clone() },
             LookupOptions { reference: vec![3, 100], ..valid.clone() },

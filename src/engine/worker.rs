@@ -745,6 +745,7 @@ fn speculative_step(
     if let Some(drafter) = job.drafter.as_mut() {
         drafter.record(draft.len(), confirmed);
     }
+    tracing::trace!(drafted = draft.len(), accepted = confirmed, "verify step");
     Some(send_delta(job, delta).or(outcome))
 }
 
