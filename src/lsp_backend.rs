@@ -7,7 +7,9 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use phi_lsp::{BackendError, Completion, CompletionBackend, CompletionRequest, FimTokens, ModelSummary};
 
-use crate::engine::{Drafting, Engine, GenerateRequest, ModelInfo, Priority, Prompt, SequenceId, StopReason};
+use crate::engine::{
+    Drafting, Engine, GenerateRequest, LookupOptions, ModelInfo, Priority, Prompt, SequenceId, StopReason,
+};
 
 /// Completes on one dedicated sequence of a (possibly shared) engine, at interactive priority, so that a
 /// keystroke's completion preempts a chat generation and reuses the previous completion's cached prompt prefix.
@@ -60,13 +62,20 @@ impl CompletionBackend for EngineBackend {
         generate.stop_strings = request.stop_strings;
         generate.stop_predicate = Some(request.stop);
         generate.priority = Priority::Interactive;
-        // Completions repeat the buffer (names, argument lists, the line above): prompt lookup drafts them, and
-        // greedy verification keeps the text exactly what it would be without.
-        generate.draft = Drafting::Lookup(Default::default());
-        // The stream cancels the engine's work when dropped, so dropping this future (a `$/cancelRequest`, a
-        // superseding keystroke) stops decoding within one step.
-        let generation = self.engine.generate(generate);
+        let engine = self.engine.clone();
         async move {
+            // Completions repeat the buffer (names, argument lists, the line above, the code below the cursor):
+            // prompt lookup drafts them from the prompt and the hint, and greedy verification keeps the text
+            // exactly what it would be without.
+            let reference = if request.draft_hint.is_empty() {
+                Vec::new()
+            } else {
+                engine.tokenize(&request.draft_hint, false).await.unwrap_or_default()
+            };
+            generate.draft = Drafting::Lookup(LookupOptions { reference, ..LookupOptions::default() });
+            // The stream cancels the engine's work when dropped, so dropping this future (a `$/cancelRequest`, a
+            // superseding keystroke) stops decoding within one step.
+            let generation = engine.generate(generate);
             let summary = generation.finish().await.map_err(backend_error)?;
             Ok(Completion {
                 text: summary.text,

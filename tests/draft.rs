@@ -336,3 +336,36 @@ fn bench_compares_drafting_on_its_workloads() {
         assert!(row["accepted"].as_u64().unwrap() <= row["drafted"].as_u64().unwrap());
     }
 }
+
+#[tokio::test]
+async fn lsp_completions_draft_from_the_text_after_the_cursor() {
+    use phi_lsp::{CompletionBackend, CompletionRequest};
+
+    let engine = engine("tiny-phi").await;
+    let prompt = reference_prompts(&fixtures().join("tiny-phi/reference"))
+        .into_iter()
+        .find(|p| p.name == "fib_loop")
+        .unwrap()
+        .text;
+    let mut plain = GenerateRequest::new(SequenceId(0), phi_tui::engine::Prompt::Text(prompt.clone()));
+    plain.max_tokens = 24;
+    let plain = engine.generate(plain).finish().await.unwrap();
+
+    let backend = phi_tui::lsp_backend::EngineBackend::new(engine.clone(), SequenceId(0));
+    let complete = |draft_hint: String| {
+        backend.complete(CompletionRequest {
+            prompt: prompt.clone(),
+            max_tokens: 24,
+            stop: Arc::new(|_: &str| None),
+            stop_strings: Vec::new(),
+            draft_hint,
+        })
+    };
+    // Code after the cursor that the completion re-types: its tokens are drafted, the text stays the same.
+    let hinted = complete(plain.text.clone()).await.unwrap();
+    assert_eq!(hinted.text, plain.text);
+    assert!(hinted.accepted_tokens > 0, "{hinted:?}");
+    let unhinted = complete(String::new()).await.unwrap();
+    assert_eq!(unhinted.text, plain.text);
+    assert!(unhinted.accepted_tokens < hinted.accepted_tokens, "{unhinted:?}");
+}

@@ -81,6 +81,10 @@ pub struct CompletionRequest {
     pub stop: StopPredicate,
     /// The generation ends before any of these; the returned text contains none of them.
     pub stop_strings: Vec<String>,
+    /// Text the completion is likely to repeat without it being in the prompt: the code after the cursor (an edit
+    /// often re-types what follows it). A backend that drafts tokens ahead may draft them from here; the
+    /// completion itself must not depend on it.
+    pub draft_hint: String,
 }
 
 impl fmt::Debug for CompletionRequest {
@@ -89,6 +93,7 @@ impl fmt::Debug for CompletionRequest {
             .field("prompt", &self.prompt)
             .field("max_tokens", &self.max_tokens)
             .field("stop_strings", &self.stop_strings)
+            .field("draft_hint", &self.draft_hint)
             .finish_non_exhaustive()
     }
 }

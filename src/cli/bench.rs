@@ -96,6 +96,9 @@ struct DraftComparison {
     acceptance: f64,
     /// Whether every drafting run generated exactly the plain runs' tokens.
     identical: bool,
+    /// Where the tokens first differed, if they did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_difference: Option<usize>,
     plain_runs_tok_s: Vec<f64>,
     lookup_runs_tok_s: Vec<f64>,
 }
@@ -178,7 +181,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 row.speedup,
                 row.accepted,
                 row.drafted,
-                if row.identical { "yes" } else { "NO" }
+                row.first_difference.map_or_else(|| "yes".to_owned(), |at| format!("NO (at {at})"))
             );
         }
     }
@@ -238,12 +241,15 @@ async fn compare_drafting(
     };
     let mut plain_runs = Vec::new();
     let mut lookup_runs = Vec::new();
-    let mut identical = true;
+    let mut first_difference: Option<usize> = None;
     let mut last_lookup: Option<GenerationSummary> = None;
     for repetition in 0..=args.repetitions {
         let plain = run(Drafting::Off).await?;
         let lookup = run(drafting.clone()).await?;
-        identical &= plain.tokens == lookup.tokens;
+        if plain.tokens != lookup.tokens {
+            let at = plain.tokens.iter().zip(&lookup.tokens).take_while(|(a, b)| a == b).count();
+            first_difference = Some(first_difference.map_or(at, |earlier| earlier.min(at)));
+        }
         if repetition > 0 {
             plain_runs.push(plain.timings.gen_tok_s());
             lookup_runs.push(lookup.timings.gen_tok_s());
@@ -262,7 +268,8 @@ async fn compare_drafting(
         drafted: timings.drafted,
         accepted: timings.draft_accepted,
         acceptance: timings.draft_acceptance(),
-        identical,
+        identical: first_difference.is_none(),
+        first_difference,
         plain_runs_tok_s: plain_runs,
         lookup_runs_tok_s: lookup_runs,
     })
