@@ -2,7 +2,8 @@
 //! `$PHI_TUI_CONFIG_DIR` when that is set. Every setting is optional; a missing file means the defaults.
 //!
 //! ```toml
-//! model = "~/models/phi-1.f16.gguf"   # used when `-m` is not given (relative paths: from this file's directory)
+//! model = "~/models/phi-1.f16.gguf"   # used when `-m` is not given (relative paths: from this file's directory);
+//!                                     # or an installed model's name (`phi-tui models`), e.g. "phi-1"
 //! lora = "~/models/my-adapter.gguf"   # optional LoRA adapter
 //! lora_scale = 1.0
 //! mode = "code"                       # "code" or "chat"; default: code unless the model has a chat template
@@ -145,7 +146,14 @@ impl Config {
         let mut config =
             Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        config.model = config.model.map(|p| resolve_path(&p, base));
+        // `model` may name an installed model (`phi-1`) rather than a file.
+        config.model = config.model.map(|p| {
+            if p.to_str().is_some_and(crate::models::is_bare_name) {
+                p
+            } else {
+                resolve_path(&p, base)
+            }
+        });
         config.lora = config.lora.map(|p| resolve_path(&p, base));
         Ok(config)
     }
@@ -258,6 +266,9 @@ mod tests {
         let config = Config::load_from(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.model, Some(dir.join("models/phi.gguf")));
         assert_eq!(config.lora, Some(PathBuf::from("/abs/a.gguf")));
+        // An installed model's name stays a name.
+        std::fs::write(&path, "model = \"phi-1\"\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(Config::load_from(&path).ok().and_then(|c| c.model), Some(PathBuf::from("phi-1")));
         std::fs::write(&path, "model = 3\n").unwrap_or_else(|e| panic!("{e}"));
         let error = Config::load_from(&path).unwrap_err().to_string();
         assert!(error.contains("config.toml"), "{error}");

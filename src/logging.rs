@@ -2,24 +2,44 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
-use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::{self, MakeWriter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Registry};
 
 /// The environment variable holding a `tracing` filter, e.g. `PHI_TUI_LOG=debug`.
 pub const LOG_ENV: &str = "PHI_TUI_LOG";
 
-/// Logs warnings and errors to stderr (more with `PHI_TUI_LOG`). llama.cpp's own messages arrive through
-/// `tracing` too; below `error` they are noise to a user, so they are only shown when asked for.
-pub fn init_stderr() {
-    let filter = EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("warn,llama-cpp-2=error"));
-    // A second initialisation (e.g. in tests) keeps the first subscriber.
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(LogTarget).try_init();
+/// What stderr shows by default: warnings and errors. llama.cpp's own messages arrive through `tracing` too;
+/// below `error` they are noise to a user, so they are only shown when asked for.
+const STDERR_FILTER: &str = "warn,llama-cpp-2=error";
+/// What a log file keeps by default: phi-tui's own `info` lines too (the language server's per-request timings,
+/// the daemon's clients, the TUI's start), which nobody reads on a terminal but everyone wants in a log.
+const FILE_FILTER: &str = "warn,phi_tui=info,phi_lsp=info,llama-cpp-2=error";
+
+/// The installed filter, swapped by [`init_file`] for the file's default.
+static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// `PHI_TUI_LOG` when it is set, else `default`.
+fn filter(default: &str) -> EnvFilter {
+    EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new(default))
 }
 
-/// Sends every log line from now on to the file at `path` (appending) instead of stderr: for the TUI, which owns
-/// the terminal, and the language server. Installs the subscriber if [`init_stderr`] has not.
+/// Logs warnings and errors to stderr (more with `PHI_TUI_LOG`).
+pub fn init_stderr() {
+    let (filter, handle) = reload::Layer::new(filter(STDERR_FILTER));
+    let subscriber = tracing_subscriber::registry().with(filter).with(fmt::layer().with_writer(LogTarget));
+    // A second initialisation (e.g. in tests) keeps the first subscriber.
+    if subscriber.try_init().is_ok() {
+        let _ = FILTER.set(handle);
+    }
+}
+
+/// Sends every log line from now on to the file at `path` (appending) instead of stderr, at the file's default
+/// level (`info` for phi-tui's own lines; `PHI_TUI_LOG` still overrides it): for the TUI, which owns the terminal,
+/// the language server and the daemon. Installs the subscriber if [`init_stderr`] has not.
 pub fn init_file(path: &Path) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -27,6 +47,9 @@ pub fn init_file(path: &Path) -> std::io::Result<()> {
     let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
     *LOG_FILE.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
     init_stderr();
+    if let Some(handle) = FILTER.get() {
+        let _ = handle.reload(filter(FILE_FILTER));
+    }
     Ok(())
 }
 

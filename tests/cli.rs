@@ -87,8 +87,10 @@ fn convert_errors_are_one_line_and_leave_no_file() {
         let first_line = message.lines().next().unwrap_or_default();
         assert!(first_line.starts_with("error: ") && first_line.contains(needle), "{args:?}: {message}");
         // clap adds a "For more information, try '--help'." hint after a usage error; everything else is one line.
+        // clap lists the valid values of an enumerated flag under its error.
         let hint = message.contains("try '--help'");
-        assert_eq!(message.trim_end().lines().filter(|l| !l.is_empty()).count(), if hint { 2 } else { 1 }, "{message}");
+        let lines = message.trim_end().lines().filter(|l| !l.is_empty() && !l.trim_start().starts_with("[possible"));
+        assert_eq!(lines.count(), if hint { 2 } else { 1 }, "{message}");
         assert!(files_in(dir.path()).is_empty(), "{args:?} left {:?}", files_in(dir.path()));
     }
     // A quantized type whose output cannot be written fails before any work, and leaves nothing either.
@@ -212,4 +214,84 @@ fn backends_dir_needs_the_dynamic_backends_build() {
     } else {
         assert!(error.contains("needs a phi-tui built with `--features dynamic-backends`"), "{error}");
     }
+}
+
+#[test]
+fn help_lists_the_values_of_enumerated_flags_and_describes_every_sampling_flag() {
+    let help = String::from_utf8(phi_tui(&["generate", "--help"]).stdout).unwrap();
+    // An option's entry: its line and the lines below it, up to the next option.
+    let entry = |flag: &str| -> String {
+        let mut lines = help.lines().skip_while(|l| !l.contains(flag));
+        let first = lines.next().unwrap_or_else(|| panic!("{flag}: {help}"));
+        let rest = lines.take_while(|l| !l.trim_start().starts_with('-'));
+        std::iter::once(first).chain(rest).collect::<Vec<_>>().join(" ")
+    };
+    assert!(entry("--flash-attn").contains("[possible values: auto, on, off]"), "{help}");
+    for flag in ["--temp ", "--top-k ", "--top-p ", "--min-p ", "--repeat-penalty ", "--seed "] {
+        // `--top-k <TOP_K>  Sample only … [default: 0]`: a description between the value's name and its default.
+        let entry = entry(flag);
+        let description = entry.split_once('>').map(|(_, rest)| rest).unwrap_or_default();
+        let description = description.split("[default").next().unwrap_or_default().trim();
+        assert!(description.len() > 10, "{flag} has no description: {entry}");
+    }
+    let help = String::from_utf8(phi_tui(&["convert", "-h"]).stdout).unwrap();
+    let outtype = help.lines().find(|l| l.contains("--outtype")).unwrap();
+    for out_type in OutType::ALL {
+        assert!(outtype.contains(out_type.name()), "{out_type}: {outtype}");
+    }
+    // The values are listed, and still matched in any case.
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("tiny.gguf");
+    let input = fixtures().join("tiny-phi");
+    let result = phi_tui(&["convert", input.to_str().unwrap(), "-o", output.to_str().unwrap(), "--outtype", "Q8_0"]);
+    assert!(result.status.success(), "{}", stderr(&result));
+}
+
+/// `phi-tui` with its config directory (and data directory) in `dir`.
+fn phi_tui_with_config(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_phi-tui"))
+        .args(args)
+        .env("PHI_TUI_CONFIG_DIR", dir)
+        .env("PHI_TUI_DATA_DIR", dir)
+        .output()
+        .expect("run phi-tui")
+}
+
+#[test]
+fn generate_bench_and_eval_use_the_config_files_model_without_m() {
+    let dir = tempfile::tempdir().unwrap();
+    let without = phi_tui_with_config(dir.path(), &["generate", "-p", "def add(a, b):", "-n", "2"]);
+    assert!(!without.status.success());
+    let config = dir.path().join("config.toml");
+    let error = stderr(&without);
+    assert!(error.contains("no model yet") && error.contains("-m MODEL.gguf"), "{error}");
+
+    let model = converted("tiny-phi", OutType::F16);
+    std::fs::write(&config, format!("model = {:?}\n", model.to_str().unwrap())).unwrap();
+    let generated = phi_tui_with_config(dir.path(), &["generate", "-p", "def add(a, b):", "-n", "3", "--json"]);
+    assert!(generated.status.success(), "{}", stderr(&generated));
+    let json: Value = serde_json::from_slice(&generated.stdout).unwrap();
+    assert_eq!(json["tokens"].as_array().unwrap().len(), 3, "{json}");
+
+    let bench = ["bench", "-p", "16", "-n", "4", "-r", "1", "--json", "--threads", "2"];
+    let benched = phi_tui_with_config(dir.path(), &bench);
+    assert!(benched.status.success(), "{}", stderr(&benched));
+    let json: Value = serde_json::from_slice(&benched.stdout).unwrap();
+    assert!(json["tg_tok_s"].as_f64().unwrap() > 0.0, "{json}");
+
+    let eval = ["eval", "humaneval", "--limit", "1", "--max-tokens", "8", "--jobs", "1", "--threads", "2"];
+    let evaluated = phi_tui_with_config(dir.path(), &eval);
+    let stdout = String::from_utf8_lossy(&evaluated.stdout);
+    assert!(evaluated.status.success(), "{stdout}\n{}", stderr(&evaluated));
+    assert!(stdout.contains("HumanEval: 1 tasks"), "{stdout}");
+}
+
+#[test]
+fn readme_run_command_leaves_no_file_in_the_repository_root() {
+    // The README's first command converts the fixture model; its output must land where git ignores it.
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let command = readme.lines().find(|l| l.contains("-- convert tests/fixtures/tiny-phi")).unwrap();
+    let output = command.split(" -o ").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap();
+    assert!(output.starts_with("target/"), "the README converts to {output}, not under target/: {command}");
+    assert!(command.contains(&format!("-m {output}")), "{command}");
 }

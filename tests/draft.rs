@@ -339,6 +339,7 @@ fn bench_compares_drafting_on_its_workloads() {
 
 #[tokio::test]
 async fn lsp_completions_draft_from_the_text_after_the_cursor() {
+    use phi_lsp::stop::StopRule;
     use phi_lsp::{CompletionBackend, CompletionRequest};
 
     let engine = engine("tiny-phi").await;
@@ -347,16 +348,23 @@ async fn lsp_completions_draft_from_the_text_after_the_cursor() {
         .find(|p| p.name == "fib_loop")
         .unwrap()
         .text;
+    // The chat's code-mode rule: the completion ends where the definition does, with or without drafts.
+    let stop = StopRule::EndOfDefinition { prompt: prompt.clone() };
     let mut plain = GenerateRequest::new(SequenceId(0), phi_tui::engine::Prompt::Text(prompt.clone()));
     plain.max_tokens = 24;
+    plain.stop_predicate = Some(stop.clone().into_predicate());
     let plain = engine.generate(plain).finish().await.unwrap();
+    assert!(plain.tokens.len() > 4, "{plain:?}");
 
-    let backend = phi_tui::lsp_backend::EngineBackend::new(engine.clone(), SequenceId(0));
+    let backend = phi_tui::lsp_backend::SessionBackend::new(Arc::new(phi_tui::session::LocalSession::new(
+        engine.clone(),
+        SequenceId(0),
+    )));
     let complete = |draft_hint: String| {
         backend.complete(CompletionRequest {
             prompt: prompt.clone(),
             max_tokens: 24,
-            stop: Arc::new(|_: &str| None),
+            stop: stop.clone(),
             stop_strings: Vec::new(),
             draft_hint,
         })

@@ -17,7 +17,8 @@ use phi_converters::OutType;
 use phi_lsp::testing::TestClient;
 use phi_lsp::{BackendError, Completion, CompletionBackend, CompletionRequest, ModelSummary, ServerOptions};
 use phi_tui::engine::{Engine, SequenceId};
-use phi_tui::lsp_backend::EngineBackend;
+use phi_tui::lsp_backend::SessionBackend;
+use phi_tui::session::LocalSession;
 use serde_json::json;
 
 const URI: &str = "file:///work/demo.py";
@@ -26,7 +27,7 @@ const REQUEST_CANCELLED: i64 = -32800;
 /// The engine backend, recording what each completion cost.
 #[derive(Clone)]
 struct Recording {
-    inner: EngineBackend,
+    inner: SessionBackend,
     completions: Arc<Mutex<Vec<Completion>>>,
 }
 
@@ -55,8 +56,10 @@ impl CompletionBackend for Recording {
 async fn client_on_engine(init: serde_json::Value) -> (TestClient, Engine, Arc<Mutex<Vec<Completion>>>) {
     let engine = Engine::start(small_engine_options()).unwrap();
     let completions = Arc::new(Mutex::new(Vec::new()));
-    let backend =
-        Recording { inner: EngineBackend::new(engine.clone(), SequenceId(0)), completions: completions.clone() };
+    let backend = Recording {
+        inner: SessionBackend::new(std::sync::Arc::new(LocalSession::new(engine.clone(), SequenceId(0)))),
+        completions: completions.clone(),
+    };
     let options = ServerOptions { model: Some(converted("tiny-phi", OutType::F16)), ..ServerOptions::default() };
     let client = TestClient::initialized(backend, options, init).await;
     (client, engine, completions)
@@ -145,8 +148,10 @@ async fn replay_typing_session() {
         .unwrap_or_else(|| converted("tiny-phi", OutType::F16));
     let engine = Engine::start(phi_tui::engine::EngineOptions { sequences: 1, ..Default::default() }).unwrap();
     let completions = Arc::new(Mutex::new(Vec::new()));
-    let backend =
-        Recording { inner: EngineBackend::new(engine.clone(), SequenceId(0)), completions: completions.clone() };
+    let backend = Recording {
+        inner: SessionBackend::new(std::sync::Arc::new(LocalSession::new(engine.clone(), SequenceId(0)))),
+        completions: completions.clone(),
+    };
     let options = ServerOptions { model: Some(model), ..ServerOptions::default() };
     let mut client = TestClient::initialized(backend, options, json!({"debounceMs": 0, "maxTokens": 24})).await;
     client.open(URI, "").await;

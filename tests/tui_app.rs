@@ -31,7 +31,7 @@ fn code_mode_sends_the_code_and_streams_the_continuation() {
     let spec = generate_spec(&effects);
     assert_eq!(spec.mode, PromptMode::Code);
     assert_eq!(spec.prompt, "def add(a, b):\n    \"\"\"Add.\"\"\"");
-    assert!(spec.request().stop_predicate.is_some());
+    assert!(spec.request().stop_rule.is_some());
     assert!(app.generating && app.input.is_empty());
     assert_eq!(app.session.messages.len(), 2);
     assert_eq!(app.session.messages[1].status, MessageStatus::Streaming);
@@ -70,7 +70,7 @@ fn chat_mode_uses_a_question_answer_prompt_with_earlier_exchanges() {
         "Question: What is a list?\nAnswer: An ordered collection.\n\nQuestion: And a tuple?\nAnswer:"
     );
     assert!(spec.stop_strings.iter().any(|s| s == "Question:"));
-    assert!(spec.request().stop_predicate.is_none());
+    assert!(spec.request().stop_rule.is_none());
 }
 
 #[test]
@@ -426,4 +426,89 @@ fn run_and_verify_uses_the_sandbox_and_doctests() {
     // The program cannot reach the network or spawn processes.
     let record = run_block(0, "import subprocess\nsubprocess.run(['true'])\n");
     assert!(!record.passed, "{record:?}");
+}
+
+#[test]
+fn first_run_pulls_the_first_model_with_progress_and_loads_it() {
+    use phi_tui::hub::FetchEvent;
+    use phi_tui::models::PullEvent;
+    let mut app = App::new(options(), Session::new(String::new(), PromptMode::Code), ModelState::None);
+    // F5 offers phi-1; Enter asks for it (the event loop finds it is not installed and pulls it).
+    app.update(key(KeyCode::F(5)));
+    assert_eq!(app.prompt.as_ref().unwrap().input.text(), "phi-1");
+    assert_eq!(app.update(key(KeyCode::Enter)), vec![Effect::LoadModel(PathBuf::from("phi-1"))]);
+    app.update(Action::InstallStarted("phi-1".into()));
+    let progress = PullEvent::Download(FetchEvent::Progress { file: "model.safetensors".into(), done: 5, total: 10 });
+    app.update(Action::InstallProgress(progress.clone()));
+    assert_eq!(app.model, ModelState::Installing { what: "phi-1".into(), event: Some(progress) });
+    assert!(app.animating());
+    // One install at a time.
+    app.update(key(KeyCode::F(5)));
+    assert!(app.update(key(KeyCode::Enter)).is_empty());
+    assert!(app.notice.as_ref().unwrap().text.contains("being installed"));
+    // Sending waits for the model; Esc stops the download.
+    type_text(&mut app, "def f():");
+    assert!(app.update(key(KeyCode::Enter)).is_empty());
+    app.input.take();
+    assert_eq!(app.update(key(KeyCode::Esc)), vec![Effect::CancelInstall]);
+    // A failed install explains itself; a finished one loads the installed file.
+    app.update(Action::Installed(Err("the download was stopped; the next pull resumes it".into())));
+    assert!(matches!(&app.model, ModelState::Failed { path, .. } if path == &PathBuf::from("phi-1")));
+    app.update(Action::InstallStarted("phi-1".into()));
+    let gguf = PathBuf::from("/data/models/phi-1.q8_0.gguf");
+    let effects = app.update(Action::Installed(Ok((gguf.clone(), "installed phi-1 (q8_0, 1.5 GB)".into()))));
+    assert_eq!(effects, vec![Effect::LoadModel(gguf.clone())]);
+    assert!(matches!(&app.model, ModelState::Loading { path, .. } if path == &gguf));
+    assert_eq!(app.notice.as_ref().unwrap().text, "installed phi-1 (q8_0, 1.5 GB)");
+}
+
+#[test]
+fn renaming_the_open_conversation_shows_its_new_title_in_the_list() {
+    let mut app = ready_app();
+    exchange(&mut app, "def add(a, b):", "\n    return a + b");
+    let id = app.session.id.clone();
+    let listed =
+        |title: &str| SessionSummary { id: id.clone(), title: title.into(), updated: 0, messages: 2, snippet: None };
+    app.update(ctrl('o'));
+    app.update(Action::SessionList(vec![listed("def add(a, b):")]));
+    app.update(key(KeyCode::Char('r')));
+    for _ in 0.."def add(a, b):".len() {
+        app.update(key(KeyCode::Backspace));
+    }
+    type_text(&mut app, "adding");
+    assert_eq!(app.update(key(KeyCode::Enter)), vec![Effect::Save, Effect::ListSessions]);
+    let titles = |app: &App| match &app.overlay {
+        Some(Overlay::Sessions(view)) => view.items.iter().map(|item| item.title.clone()).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(titles(&app), ["adding"], "the list shows the new title at once");
+    // The save runs in the background: the listing that follows may have been read before it landed. The app's
+    // own copy of the open conversation wins.
+    app.update(Action::SessionList(vec![listed("def add(a, b):")]));
+    assert_eq!(titles(&app), ["adding"]);
+    assert_eq!(app.session.title, "adding");
+}
+
+#[test]
+fn a_later_success_takes_an_error_down() {
+    let mut app = ready_app();
+    type_text(&mut app, "def f():");
+    app.update(key(KeyCode::Enter));
+    app.update(Action::GenerationFailed("the session daemon went away".into()));
+    assert!(app.notice.as_ref().is_some_and(|notice| notice.error));
+
+    // A reply that is cancelled proves nothing; one that finishes does.
+    app.update(ctrl('r'));
+    app.update(Action::Finished(Box::new(summary("", 0, StopReason::Cancelled))));
+    assert!(app.notice.as_ref().is_some_and(|notice| notice.error), "{:?}", app.notice);
+    app.update(ctrl('r'));
+    app.update(Action::Delta { tokens: 1, text: "\n    pass".into() });
+    app.update(Action::Finished(Box::new(summary("\n    pass", 1, StopReason::Predicate))));
+    assert_eq!(app.notice, None);
+
+    // A rename of another conversation that worked says so, replacing an earlier error too.
+    app.update(Action::Error("could not save: disk full".into()));
+    app.update(Action::SessionRenamed(Ok(("other".into(), "new title".into()))));
+    let notice = app.notice.as_ref().unwrap();
+    assert!(!notice.error && notice.text == "renamed to “new title”", "{notice:?}");
 }

@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "common/fake_hub.rs"]
+mod fake_hub;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -144,11 +146,20 @@ fn dirs(config: &str) -> Dirs {
 
 fn command(dirs: &Dirs, args: &str) -> String {
     format!(
-        "env PHI_TUI_DATA_DIR={} PHI_TUI_CONFIG_DIR={} {} {args}",
+        "env PHI_TUI_DATA_DIR={} PHI_TUI_CONFIG_DIR={} PHI_TUI_RUNTIME_DIR={} {} {args}",
         dirs.data.display(),
         dirs.config.display(),
+        // A session daemon of the test's own, which exits when the directory goes away with the test.
+        dirs.data.join("run").display(),
         env!("CARGO_BIN_EXE_phi-tui")
     )
+}
+
+/// The TUI in chat mode on the tiny model, once the model has loaded.
+fn chat_tui(dirs: &Dirs) -> Tmux {
+    let tmux = Tmux::start(&command(dirs, &format!("-m {} {CHAT_ARGS}", tiny_model().display())));
+    tmux.wait_for("the model to load", |s| s.contains("ctx 0/8192"));
+    tmux
 }
 
 fn tiny_model() -> PathBuf {
@@ -240,9 +251,7 @@ fn a_session_file_survives_sigkill_mid_reply() {
     let _serial = serial();
     // Long replies, so that a periodic save (every second) lands in the middle of one.
     let dirs = dirs(CHAT_CONFIG);
-    let model = tiny_model();
-    let tmux = Tmux::start(&command(&dirs, &format!("-m {} {CHAT_ARGS}", model.display())));
-    tmux.wait_for("the model to load", |s| s.contains("ctx 0/8192"));
+    let tmux = chat_tui(&dirs);
     tmux.type_text("First question");
     tmux.keys(&["Enter"]);
     tmux.wait_for("the first reply", |s| !s.contains("generating") && s.contains("tok/s"));
@@ -283,7 +292,7 @@ fn a_session_file_survives_sigkill_mid_reply() {
     let id = session["id"].as_str().unwrap();
     let loaded = store.load(id).unwrap();
     assert_eq!(loaded.messages[3].status, phi_tui::tui::session::MessageStatus::Interrupted);
-    assert_eq!(store.list().len(), 1);
+    assert_eq!(store.list().items.len(), 1);
 }
 
 #[test]
@@ -302,6 +311,24 @@ fn first_run_without_a_model_explains_how_to_get_one() {
     tmux.wait_for("the help to close", |s| !s.contains("Keys — any key closes"));
     tmux.quit();
     assert!(session_files(&dirs.data).is_empty(), "nothing was said, nothing is saved");
+}
+
+#[test]
+fn conversations_that_cannot_be_read_are_reported() {
+    require_tmux!();
+    let _serial = serial();
+    let dirs = dirs("");
+    std::fs::create_dir_all(dirs.data.join("sessions")).unwrap();
+    std::fs::write(dirs.data.join("sessions/broken.json"), "{\"version\": 1, \"id\": ").unwrap();
+    let tmux = Tmux::start(&command(&dirs, ""));
+    tmux.wait_for("the first-run screen", |s| s.contains("No model loaded"));
+    tmux.keys(&["C-o"]);
+    // The whole error, under the title bar: which file, and why.
+    let screen = tmux.wait_for("the error", |s| s.contains("could not read a conversation:"));
+    let text = screen.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(text.contains("broken.json: not a session file: EOF while parsing"), "{screen}");
+    tmux.keys(&["Escape"]);
+    tmux.quit();
 }
 
 #[test]
@@ -357,4 +384,97 @@ fn config_mistakes_are_reported_before_the_screen_is_taken() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("needs a terminal"));
+}
+
+/// The TUI and an editor share one session: the TUI shows the editor's activity, and an adapter set with F6 in
+/// the TUI is the editor's too (its language server tells the user).
+#[test]
+fn the_tui_shares_its_session_with_an_editor() {
+    use phi_lsp::testing::TestClient;
+    use serde_json::json;
+
+    require_tmux!();
+    let _serial = serial();
+    let dirs = dirs(CHAT_CONFIG);
+    let tmux = chat_tui(&dirs);
+    let model = tiny_model();
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut editor = Command::new(env!("CARGO_BIN_EXE_phi-tui"))
+        .args(["lsp", "-t", "1", "-m"])
+        .arg(&model)
+        .env("PHI_TUI_DATA_DIR", &dirs.data)
+        .env("PHI_TUI_CONFIG_DIR", &dirs.config)
+        .env("PHI_TUI_RUNTIME_DIR", dirs.data.join("run"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (stdin, stdout) = (editor.stdin.take().unwrap(), editor.stdout.take().unwrap());
+    let mut client = runtime.block_on(async {
+        let stdin = tokio::process::ChildStdin::from_std(stdin).unwrap();
+        let stdout = tokio::process::ChildStdout::from_std(stdout).unwrap();
+        let mut client = TestClient::over(stdout, stdin);
+        client.initialize(json!({"debounceMs": 0, "maxTokens": 8})).await;
+        client.open("file:///work/a.py", "def add(a, b):\n    ").await;
+        let id = client.request_inline("file:///work/a.py", 1, 4, true).await;
+        let response = client.response(id).await;
+        assert!(response.get("result").is_some(), "{response}");
+        client
+    });
+    tmux.wait_for("the editor's activity in the status line", |s| s.contains("1 editor · 1 completion"));
+
+    let adapter = fixtures().join("lora/final-adapter.gguf");
+    tmux.keys(&["F6"]);
+    tmux.type_text(&format!("{} 0.5", adapter.display()));
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the adapter", |s| s.contains("LoRA final-adapter.gguf ×0.5"));
+    runtime.block_on(async {
+        let message = client.notification("window/showMessage").await;
+        let text = message["params"]["message"].as_str().unwrap_or_default().to_owned();
+        assert!(text.contains("LoRA adapter") && text.contains("final-adapter.gguf"), "{message}");
+    });
+    let _ = editor.kill();
+    let _ = editor.wait();
+    tmux.quit();
+}
+
+#[test]
+fn first_run_pulls_phi_1_from_the_hub_then_answers_and_starts_with_it_next_time() {
+    require_tmux!();
+    let _serial = serial();
+    // A stand-in for the Hugging Face hub on 127.0.0.1, serving the tiny checkpoint as microsoft/phi-1.
+    let hub = fake_hub::FakeHub::start();
+    hub.add_repo("microsoft/phi-1", fake_hub::HubRepo::from_dir(&fixtures().join("tiny-phi")));
+    let dirs = dirs("mode = \"code\"\nmax_tokens = 16\n");
+    let hf_home = dirs.config.with_file_name("hf");
+    let run = |args: &str| {
+        format!(
+            "env -u HF_TOKEN -u HF_HUB_OFFLINE -u HF_HUB_CACHE HF_ENDPOINT={} HF_HOME={} {}",
+            hub.endpoint,
+            hf_home.display(),
+            command(&dirs, args)
+        )
+    };
+    let tmux = Tmux::start(&run("-t 1 -c 2048"));
+    let screen = tmux.wait_for("the first-run screen", |s| s.contains("No model loaded"));
+    assert!(screen.contains("F5 then Enter downloads phi-1 from Hugging Face (2.8 GB)"), "{screen}");
+    // F5 offers phi-1; Enter pulls, converts and loads it, with progress on the way.
+    tmux.keys(&["F5"]);
+    tmux.wait_for("the load prompt", |s| s.contains("Load a model") && s.contains("│phi-1"));
+    tmux.keys(&["Enter"]);
+    let screen = tmux.wait_for("the model to load", |s| s.contains("ctx 0/2048") && s.contains("code mode"));
+    assert!(hub.served("model.safetensors") > 0, "{screen}");
+    let registry = std::fs::read_to_string(dirs.data.join("models/models.json")).unwrap();
+    assert!(registry.contains("\"name\": \"phi-1\"") && registry.contains("microsoft/phi-1"), "{registry}");
+    tmux.type_text("def add(a, b):");
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the reply", |s| !s.contains("generating") && s.contains("tok/s"));
+    tmux.quit();
+    drop(tmux);
+
+    // The next start, with no -m and nothing in the config file, opens the installed model.
+    let tmux = Tmux::start(&run("-t 1 -c 2048"));
+    tmux.wait_for("the installed model to load", |s| s.contains("ctx 0/2048") && s.contains("code mode"));
+    tmux.quit();
 }

@@ -43,6 +43,7 @@ fn first_run_without_a_model_says_how_to_get_one() {
     let session = Session::new(String::new(), PromptMode::Code);
     let mut app = App::new(options(), session, ModelState::None);
     let screen = screen(&mut app);
+    assert!(screen.contains("F5 then Enter downloads phi-1 from Hugging Face (2.8 GB)"), "{screen}");
     assert!(screen.contains("phi-tui convert /path/to/phi-1 -o phi-1.f16.gguf"), "{screen}");
     assert!(screen.contains("/home/user/.config/phi-tui/config.toml"), "{screen}");
     assert_snapshot!("first_run", screen);
@@ -341,4 +342,53 @@ fn a_scrolled_up_view_stays_put_while_the_reply_grows() {
     };
     assert_eq!(strip(&before), strip(&after));
     assert_eq!(app.scroll, 8);
+}
+
+#[test]
+fn installing_shows_the_download_and_the_conversion() {
+    use phi_converters::OutType;
+    use phi_tui::hub::FetchEvent;
+    use phi_tui::models::PullEvent;
+    let session = Session::new(String::new(), PromptMode::Code);
+    let download = PullEvent::Download(FetchEvent::Progress {
+        file: "model.safetensors".into(),
+        done: 1_420_000_000,
+        total: 2_840_000_000,
+    });
+    let state = ModelState::Installing { what: "phi-1".into(), event: Some(download) };
+    let mut app = App::new(options(), session, state);
+    let screen = screen(&mut app);
+    assert!(screen.contains("downloading model.safetensors · 1.4 GB of 2.8 GB"), "{screen}");
+    assert!(screen.contains("50%") && screen.contains("Esc stops the download"), "{screen}");
+    assert_snapshot!("installing", screen);
+    let converting = PullEvent::Converting { out_type: OutType::Q8_0, done: 3, total: 4 };
+    app.model = ModelState::Installing { what: "phi-1".into(), event: Some(converting) };
+    let screen = self::screen(&mut app);
+    assert!(screen.contains("converting to q8_0") && screen.contains("75%"), "{screen}");
+}
+
+#[test]
+fn a_long_error_is_shown_whole_under_the_title_bar() {
+    let mut app = ready_app();
+    let error = "could not read a conversation: /home/user/.local/share/phi-tui/sessions/20260514-153012-1a2b.json: \
+                 not a session file: EOF while parsing an object at line 1 column 1";
+    app.update(Action::Error(error.into()));
+    let screen = screen(&mut app);
+    let text: String = screen.lines().map(|line| line.trim_matches('"').trim()).collect::<Vec<_>>().join(" ");
+    assert!(text.contains(error), "the error is cut:\n{screen}");
+    assert_snapshot!("long_error", screen);
+    // An overlay opened meanwhile stays below it.
+    app.update(ctrl('o'));
+    app.update(Action::SessionList(vec![]));
+    let screen = render_app(&mut app, 80, 24).backend().to_string();
+    let text: String = screen.lines().map(|line| line.trim_matches('"').trim()).collect::<Vec<_>>().join(" ");
+    assert!(text.contains(error) && text.contains("Conversations (0)"), "{screen}");
+    app.update(key(KeyCode::Esc));
+    // And a tiny terminal still draws.
+    render_app(&mut app, 12, 4);
+
+    // A short one stays in the title bar.
+    app.update(Action::Error("no model loaded".into()));
+    let screen = render_app(&mut app, 80, 24).backend().to_string();
+    assert!(screen.lines().next().unwrap().contains("no model loaded"), "{screen}");
 }

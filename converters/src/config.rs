@@ -62,6 +62,12 @@ impl ModelConfig {
         Ok((config, json))
     }
 
+    /// Reads and checks `dir/config.json` alone: whether a checkpoint is a phi model this crate converts, known
+    /// before its weights are there.
+    pub fn read(dir: &Path) -> Result<ModelConfig> {
+        Ok(Self::load(dir)?.0)
+    }
+
     /// Parses a config already read from `path` (named in errors).
     pub(crate) fn from_json(path: &Path, json: &Value) -> Result<ModelConfig> {
         let object = json.as_object().ok_or_else(|| ConvertError::InvalidConfig {

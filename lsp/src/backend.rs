@@ -9,6 +9,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+
+use crate::stop::StopRule;
 
 /// A rule over the text generated so far: the byte offset at which the generation should end (the text is cut
 /// there), or `None` to go on. The same type as the engine's `StopPredicate`, so the binary can pass it through.
@@ -45,6 +48,20 @@ pub trait CompletionBackend: Send + Sync + 'static {
 
     /// Generates a completion of `request.prompt`. See the trait's documentation on cancellation.
     fn complete(&self, request: CompletionRequest) -> BoxFuture<'static, Result<Completion, BackendError>>;
+
+    /// Changes that others make to the model behind this backend (when it is shared, e.g. another client loads a
+    /// model or a LoRA adapter). The server logs each one, shows it to the user and forgets cached suggestions.
+    /// Called once, after `initialized`; the default has none.
+    fn notices(&self) -> Option<BoxStream<'static, BackendNotice>> {
+        None
+    }
+}
+
+/// Something the user should know about the backend, said by the backend in words (see
+/// [`CompletionBackend::notices`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendNotice {
+    pub message: String,
 }
 
 /// What the server needs to know about a loaded model.
@@ -76,9 +93,10 @@ pub struct CompletionRequest {
     pub prompt: String,
     /// Tokens to generate at most.
     pub max_tokens: u32,
-    /// Python block rules over the generated text (see [`crate::stop::StopRules`]). The backend should call it after
-    /// every token, end the generation when it returns an offset, and return the text cut there.
-    pub stop: StopPredicate,
+    /// Python block rules over the generated text (see [`crate::stop::StopRules`]), as data so that they can travel
+    /// to wherever the model runs. The backend should apply them after every token ([`StopRule::into_predicate`]),
+    /// end the generation when they return an offset, and return the text cut there.
+    pub stop: StopRule,
     /// The generation ends before any of these; the returned text contains none of them.
     pub stop_strings: Vec<String>,
     /// Text the completion is likely to repeat without it being in the prompt: the code after the cursor (an edit

@@ -31,7 +31,8 @@ pub mod syntax;
 pub mod testing;
 
 pub use backend::{
-    BackendError, Completion, CompletionBackend, CompletionRequest, FimTokens, ModelSummary, StopPredicate,
+    BackendError, BackendNotice, Completion, CompletionBackend, CompletionRequest, FimTokens, ModelSummary,
+    StopPredicate,
 };
 pub use server::{serve, serve_stdio, ServerOptions};
 pub use settings::{LineMode, Settings};

@@ -13,7 +13,7 @@ pub enum Lexeme {
 }
 
 /// Where a lexer stands: the open brackets (innermost last), and whether it is inside a string or a comment.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LexState {
     pub brackets: Vec<char>,
     pub string: Option<StringDelimiter>,
@@ -21,7 +21,7 @@ pub struct LexState {
 }
 
 /// The quote that ends the string the lexer is in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StringDelimiter {
     pub quote: char,
     pub triple: bool,

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tower_lsp_server::jsonrpc::{Error as RpcError, Result as RpcResult};
@@ -38,7 +39,7 @@ use crate::position::{checked_byte_offset, position_of, Utf16Position};
 use crate::postprocess::finish_suggestion;
 use crate::prompt::{build_prompt, OtherFile, PromptInput};
 use crate::settings::Settings;
-use crate::stop::{CursorContext, Shape, StopRules};
+use crate::stop::{CursorContext, Shape, StopRule, StopRules};
 
 /// Messages tower-lsp-server handles at once. Its default (4) is too few: requests waiting for the model would
 /// hold every slot, and the `$/cancelRequest` or newer request that should end them could not start.
@@ -54,6 +55,32 @@ const MIN_PROMPT_TOKENS: usize = 32;
 const POPUP_TRIGGER_CHARACTERS: &[&str] = &[".", "(", "[", "{", ",", "=", " "];
 /// Longest label of a `textDocument/completion` item, in characters.
 const LABEL_MAX_CHARS: usize = 60;
+
+/// Whether two paths name the same file (a relative `-m` path and the absolute one a backend reports, say).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// phi-tui's own request, for an editor's status display: which model completions come from. No params; the
+/// answer is [`ServerStatus`], sent once a model load in progress has finished.
+pub const STATUS_METHOD: &str = "phi-tui/status";
+
+/// The answer to [`STATUS_METHOD`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ServerStatus {
+    /// The loaded model, or `None` (JSON `null`) when there is none.
+    pub model: Option<StatusModel>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StatusModel {
+    pub name: String,
+    /// The file, when the backend knows it.
+    pub path: Option<PathBuf>,
+}
 
 /// How the server starts; the `phi-tui lsp` command fills it from its arguments and config file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -80,6 +107,7 @@ where
 {
     let (service, socket) = LspService::build(|client| PhiLanguageServer::new(client, backend, options))
         .custom_method("textDocument/inlineCompletion", PhiLanguageServer::<B>::inline_completion)
+        .custom_method(STATUS_METHOD, PhiLanguageServer::<B>::status)
         .finish();
     let (checked_input, checked_output) = tokio::io::duplex(FORWARD_BUFFER_BYTES);
     let server = tower_lsp_server::Server::new(checked_input, output, socket)
@@ -167,6 +195,13 @@ impl<B: CompletionBackend> PhiLanguageServer<B> {
         }
     }
 
+    /// [`STATUS_METHOD`]: the model, after any load in progress.
+    async fn status(&self) -> RpcResult<ServerStatus> {
+        drop(self.inner.loading.lock().await);
+        let model = self.inner.backend.model().await.map(|model| StatusModel { name: model.name, path: model.path });
+        Ok(ServerStatus { model })
+    }
+
     /// `textDocument/inlineCompletion` (LSP 3.18).
     async fn inline_completion(&self, params: InlineCompletionParams) -> RpcResult<InlineCompletionResponse> {
         let position = params.text_document_position.position;
@@ -239,6 +274,16 @@ impl<B: CompletionBackend> LanguageServer for PhiLanguageServer<B> {
             self.inner.client.show_message(MessageType::WARNING, warning).await;
         }
         Arc::clone(&self.inner).start_model_load().await;
+        if let Some(mut notices) = self.inner.backend.notices() {
+            let inner = Arc::clone(&self.inner);
+            tokio::spawn(async move {
+                while let Some(notice) = notices.next().await {
+                    info!(message = notice.message, "backend notice");
+                    lock(&inner.cache).clear();
+                    inner.client.show_message(MessageType::INFO, format!("phi-tui: {}", notice.message)).await;
+                }
+            });
+        }
     }
 
     async fn shutdown(&self) -> RpcResult<()> {
@@ -359,7 +404,7 @@ impl<B: CompletionBackend> Inner<B> {
             }
             return;
         };
-        if current.as_ref().and_then(|model| model.path.as_ref()) == Some(&path) {
+        if current.as_ref().and_then(|model| model.path.as_deref()).is_some_and(|loaded| same_file(loaded, &path)) {
             info!(path = %path.display(), "model already loaded");
             return;
         }
@@ -375,6 +420,16 @@ impl<B: CompletionBackend> Inner<B> {
                     "model loaded"
                 );
                 lock(&self.cache).clear();
+                // A shared backend keeps the model its other users have loaded rather than swapping it under them.
+                if model.path.as_deref().is_some_and(|loaded| !same_file(loaded, &path)) {
+                    let message = format!(
+                        "phi-tui: completions use {}, which the shared session already serves, instead of {}",
+                        model.name,
+                        path.display()
+                    );
+                    info!(message, "attached to the loaded model");
+                    self.client.show_message(MessageType::INFO, message).await;
+                }
             }
             Err(error) => {
                 warn!(%error, "model load failed");
@@ -506,7 +561,7 @@ impl<B: CompletionBackend> Inner<B> {
         let completion_request = CompletionRequest {
             prompt: prompt.text,
             max_tokens,
-            stop: rules.predicate(),
+            stop: StopRule::Block(StopRules::clone(&rules)),
             stop_strings: stop_strings.unwrap_or_default(),
             draft_hint: draft_hint(&request.document.text[request.cursor..]),
         };

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::backend::StopPredicate;
 use crate::python::{indent_width, is_blank, LexState, Lexeme};
 use crate::settings::LineMode;
@@ -50,7 +52,7 @@ impl CursorContext {
 }
 
 /// How much a completion may cover.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Shape {
     /// The rest of the cursor's line: the cursor is mid-line, or the client shows completions in a popup list.
     RestOfLine,
@@ -82,7 +84,7 @@ impl Shape {
 /// - before a line that repeats the next line of the file.
 ///
 /// Trailing blank lines before a stop are dropped with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StopRules {
     shape: Shape,
     line_prefix: String,
@@ -214,6 +216,124 @@ struct Line {
     cut_before: usize,
 }
 
+/// Where a generation ends, as data rather than as a closure, so that it can travel with a request to wherever the
+/// model runs (the session daemon across a socket) and become a [`StopPredicate`] there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StopRule {
+    /// An editor completion: the Python block rules of [`StopRules`].
+    Block(StopRules),
+    /// A code-mode continuation of `prompt` (the chat TUI): it ends where [`code_block_end`] says.
+    EndOfDefinition { prompt: String },
+}
+
+impl StopRule {
+    /// The byte offset at which the unfinished `generated` text should end, if a rule has fired.
+    pub fn cut(&self, generated: &str) -> Option<usize> {
+        match self {
+            Self::Block(rules) => rules.cut(generated, false),
+            Self::EndOfDefinition { prompt } => code_block_end(prompt, generated),
+        }
+    }
+
+    /// This rule as the engine's stop predicate.
+    pub fn into_predicate(self) -> StopPredicate {
+        Arc::new(move |generated: &str| self.cut(generated))
+    }
+}
+
+/// Where a code-mode continuation should end: the byte offset in `generated`, or `None` to go on.
+///
+/// Looking at `prompt + generated` line by line, the answer ends before the first line that starts a new top-level
+/// statement (anything at column 0 other than `else`/`elif`/`except`/`finally` or a closing bracket, outside a
+/// triple-quoted string) once the current top-level statement has an indented body, and only in generated text.
+/// Blank lines before that line are dropped. So `def f():` + `    return 1\n\ndef g` ends after `return 1`, and a
+/// comment or `print(…)` at column 0 after the body ends it too.
+pub fn code_block_end(prompt: &str, generated: &str) -> Option<usize> {
+    let text = format!("{prompt}{generated}");
+    let generated_start = prompt.len();
+    let mut body_seen = false;
+    let mut in_string: Option<&'static str> = None;
+    let mut line_start = 0;
+    while line_start < text.len() {
+        let line_end = text[line_start..].find('\n').map(|i| line_start + i);
+        let complete = line_end.is_some();
+        let line = &text[line_start..line_end.unwrap_or(text.len())];
+        let string_at_start = in_string.is_some();
+        in_string = scan_triple_quotes(line, in_string);
+
+        if !string_at_start && !line.trim().is_empty() {
+            let first = line.chars().next().unwrap_or(' ');
+            if first == ' ' || first == '\t' {
+                body_seen = true;
+            } else if !continues_statement(line, complete) {
+                if continues_statement_undecided(line, complete) {
+                    return None;
+                }
+                if body_seen && line_start >= generated_start {
+                    let cut = text[generated_start..line_start].trim_end().len();
+                    return Some(cut);
+                }
+                body_seen = false;
+            }
+        } else if string_at_start && !line.trim().is_empty() {
+            body_seen = true;
+        }
+        match line_end {
+            Some(end) => line_start = end + 1,
+            None => break,
+        }
+    }
+    None
+}
+
+const CONTINUATIONS: [&str; 4] = ["else", "elif", "except", "finally"];
+
+/// A column-0 line that belongs to the statement before it.
+fn continues_statement(line: &str, complete: bool) -> bool {
+    if line.starts_with([')', ']', '}']) {
+        return true;
+    }
+    let word: String = line.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+    let word_complete = complete || word.len() < line.len();
+    word_complete && CONTINUATIONS.contains(&word.as_str())
+}
+
+/// A line so short that it may still become `else`, `except`, …
+fn continues_statement_undecided(line: &str, complete: bool) -> bool {
+    let word: String = line.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+    !complete && word.len() == line.len() && CONTINUATIONS.iter().any(|k| k.starts_with(word.as_str()))
+}
+
+/// The triple-quote state after a line.
+fn scan_triple_quotes(line: &str, mut state: Option<&'static str>) -> Option<&'static str> {
+    let mut rest = line;
+    loop {
+        match state {
+            Some(delimiter) => match rest.find(delimiter) {
+                Some(i) => {
+                    rest = &rest[i + 3..];
+                    state = None;
+                }
+                None => return state,
+            },
+            None => {
+                // A comment ends the scan (quotes inside it do not count).
+                let code = rest.split('#').next().unwrap_or("");
+                let double = code.find("\"\"\"");
+                let single = code.find("'''");
+                let (i, delimiter) = match (double, single) {
+                    (Some(d), Some(s)) if s < d => (s, "'''"),
+                    (Some(d), _) => (d, "\"\"\""),
+                    (None, Some(s)) => (s, "'''"),
+                    (None, None) => return None,
+                };
+                rest = &rest[i + 3..];
+                state = Some(delimiter);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,5 +401,54 @@ mod tests {
         assert_eq!(cut("def f(x):\n    █\n    return x", Shape::Block, "return x"), "");
         let source = "def f(x):\n    y = █\n    return y\n";
         assert_eq!(cut(source, Shape::Block, "x * 2\n\n    return y"), "x * 2");
+    }
+
+    fn end(prompt: &str, generated: &str) -> Option<String> {
+        code_block_end(prompt, generated).map(|cut| generated[..cut].to_owned())
+    }
+
+    #[test]
+    fn ends_at_the_next_top_level_statement_after_a_body() {
+        let prompt = "def add(a, b):\n    \"\"\"Add two numbers.\"\"\"\n";
+        assert_eq!(end(prompt, "    return a + b\n"), None);
+        assert_eq!(end(prompt, "    return a + b\n\n\ndef sub"), Some("    return a + b".into()));
+        assert_eq!(end(prompt, "    return a + b\n\nprint(add(1, 2))"), Some("    return a + b".into()));
+        assert_eq!(end(prompt, "    return a + b\n# test\n"), Some("    return a + b".into()));
+        assert_eq!(end(prompt, "    return a + b\nif __name__"), Some("    return a + b".into()));
+        assert_eq!(end(prompt, "    return a + b\n@decorator\n"), Some("    return a + b".into()));
+    }
+
+    #[test]
+    fn a_signature_without_newline_continues_into_its_body() {
+        let prompt = "def fibonacci(n):";
+        assert_eq!(end(prompt, "\n    if n < 2:\n        return n\n"), None);
+        assert_eq!(
+            end(prompt, "\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n\nx"),
+            Some("\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)".into())
+        );
+    }
+
+    #[test]
+    fn continuations_brackets_and_strings_do_not_end_it() {
+        let prompt = "try:\n    x = 1\n";
+        assert_eq!(end(prompt, "except ValueError:\n    pass\n"), None);
+        assert_eq!(end(prompt, "el"), None, "may become else");
+        assert_eq!(end(prompt, "finally:\n    y = 2\nz = 3"), Some("finally:\n    y = 2".into()));
+        assert_eq!(end(prompt, "elsewhere = 1"), Some(String::new()));
+        assert_eq!(end("x = f(\n    1,\n", ")\n"), None);
+        assert_eq!(end("def f():\n    \"\"\"\n", "Docs at column 0.\n\"\"\"\n    return 1\n"), None);
+        assert_eq!(
+            end("def f():\n    '''\n", "Docs.\n'''\n    return 1\nx = 2"),
+            Some("Docs.\n'''\n    return 1".into())
+        );
+    }
+
+    #[test]
+    fn top_level_code_before_any_body_goes_on() {
+        assert_eq!(end("import math\n", "def area(r):\n    return math.pi * r * r\n"), None);
+        assert_eq!(end("import math\n", "import os\nx = 1\n"), None);
+        assert_eq!(end("import math\n", "def f():\n    return 1\n\n\nclass A"), Some("def f():\n    return 1".into()));
+        // A prompt that already holds a finished function: the next definition is not wanted.
+        assert_eq!(end("def f():\n    return 1\n", "\ndef g():"), Some(String::new()));
     }
 }

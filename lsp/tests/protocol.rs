@@ -340,3 +340,19 @@ async fn the_server_stops_when_the_client_hangs_up() {
     client.open(URI, "x = 1\n").await;
     client.hang_up().await;
 }
+
+#[tokio::test]
+async fn status_names_the_model_completions_come_from() {
+    let backend = FakeBackend::new();
+    let mut client = TestClient::initialized(backend.clone(), ServerOptions::default(), json!({"debounceMs": 0})).await;
+    let response = client.call("phi-tui/status", Value::Null).await;
+    assert_eq!(response["result"], json!({"model": null}), "{response}");
+
+    client
+        .notify("workspace/didChangeConfiguration", json!({"settings": {"phi-tui": {"model": "/models/phi-1.gguf"}}}))
+        .await;
+    let response = client.call("phi-tui/status", Value::Null).await;
+    let expected = json!({"model": {"name": "phi-1.gguf", "path": "/models/phi-1.gguf"}});
+    assert_eq!(response["result"], expected, "{response}");
+    client.shut_down().await;
+}

@@ -32,9 +32,10 @@ const WORKLOAD_CONTEXT: u32 = 2048;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// The GGUF model
+    /// The model: an installed name (`phi-tui models`) or a GGUF file [default: `model` in the config file, else
+    /// the only installed model]
     #[arg(long, short = 'm')]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Prompt tokens per pp run
     #[arg(long = "n-prompt", short = 'p', default_value_t = 512)]
     n_prompt: u32,
@@ -115,9 +116,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     options.context_size = Some(options.context_size.unwrap_or(needed).max(needed));
     let workloads = workloads(&args.workloads)?;
+    let model = super::model_path(args.model.as_deref())?;
     let engine = Engine::start(options)?;
     let report = super::runtime()?.block_on(async {
-        let info = engine.load_model(&args.model, None).await?;
+        let info = engine.load_model(&model, None).await?;
         let tokens = bench_tokens(&info, args.n_prompt as usize);
         let mut pp = Vec::new();
         let mut tg = Vec::new();

@@ -27,8 +27,9 @@ time, memory and file-size limits, and no network where the OS allows it; the re
 pub struct EvalArgs {
     /// humaneval or mbpp
     benchmark: Benchmark,
-    /// The GGUF model (not needed with --completions or --from)
-    #[arg(long, short = 'm', required_unless_present_any = ["completions", "from"])]
+    /// The model: an installed name or a GGUF file [default: `model` in the config file, else the only installed
+    /// model] (not used with --completions or --from)
+    #[arg(long, short = 'm')]
     model: Option<PathBuf>,
     /// A LoRA adapter GGUF to apply
     #[arg(long)]
@@ -164,9 +165,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         let generating = work.iter().any(|(_, _, completion)| completion.is_none());
         let mut generation_time = None;
         if generating {
-            let model = args.model.as_deref().context("-m MODEL is needed to generate completions")?;
+            let model = super::model_path(args.model.as_deref())?;
             let generate_started = Instant::now();
-            generate_all(&args, model, &tasks, &work, &mut executor, &mut progress, &stop).await?;
+            generate_all(&args, &model, &tasks, &work, &mut executor, &mut progress, &stop).await?;
             generation_time = Some(generate_started.elapsed());
         } else {
             for (task, sample, completion) in &work {
@@ -302,13 +303,13 @@ impl Progress<'_> {
 }
 
 /// Ctrl-C: the first press asks the run to stop (finished results are kept), the second quits at once.
-struct Stop {
+pub(super) struct Stop {
     requested: Arc<AtomicBool>,
     notify: Arc<Notify>,
 }
 
 impl Stop {
-    fn install() -> anyhow::Result<Self> {
+    pub(super) fn install() -> anyhow::Result<Self> {
         let requested = Arc::new(AtomicBool::new(false));
         let notify = Arc::new(Notify::new());
         let (handler_requested, handler_notify) = (requested.clone(), notify.clone());
@@ -327,7 +328,7 @@ impl Stop {
         self.requested.load(Ordering::SeqCst)
     }
 
-    async fn notified(&self) {
+    pub(super) async fn notified(&self) {
         self.notify.notified().await;
     }
 

@@ -21,8 +21,9 @@ const DEFAULT_ALPHA: f32 = 16.0;
 
 #[derive(Args, Debug)]
 pub struct FinetuneArgs {
-    /// The base model: a Hugging Face checkpoint directory, or a GGUF in F32, F16 or BF16
-    #[arg(long, required_unless_present = "import_peft")]
+    /// The base model: a Hugging Face checkpoint directory, a GGUF in F32, F16 or BF16, or an installed model's name
+    /// (its downloaded checkpoint) [default: `model` in the config file, else the only installed model]
+    #[arg(long)]
     base: Option<PathBuf>,
     /// Training data: JSONL ({"text"}, {"prompt","completion"} or {"ids"} per line), a .py file, or a directory of
     /// Python files (.gitignore respected)
@@ -118,11 +119,13 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
     tune_process_for_training();
     let device = finetune::device(&args.device)?;
     if let Some(peft_dir) = &args.import_peft {
-        return import(args.base.as_deref(), peft_dir, &args.out, &device);
+        let base = args.base.as_deref().map(|base| super::checkpoint_path(Some(base))).transpose()?;
+        return import(base.as_deref(), peft_dir, &args.out, &device);
     }
-    let (Some(base_path), Some(data_path)) = (&args.base, &args.data) else {
-        bail!("--base and --data are needed to train");
+    let Some(data_path) = &args.data else {
+        bail!("--data is needed to train");
     };
+    let base_path = &super::checkpoint_path(args.base.as_deref())?;
     let checkpoint_dir = args.checkpoint_dir.clone().unwrap_or_else(|| args.out.with_extension("ckpt"));
     let peft_out = args.peft_out.clone().unwrap_or_else(|| args.out.with_extension("peft"));
     if args.rank == Some(0) {

@@ -13,9 +13,10 @@ use super::{DraftMode, LookupArgs, RuntimeArgs};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// The GGUF model
+    /// The model: an installed name (`phi-tui models`) or a GGUF file [default: `model` in the config file, else
+    /// the only installed model]
     #[arg(long, short = 'm')]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// The prompt text
     #[arg(long, short = 'p', conflicts_with = "prompt_file", required_unless_present = "prompt_file")]
     prompt: Option<String>,
@@ -28,14 +29,19 @@ pub struct GenerateArgs {
     /// Temperature; 0 is greedy
     #[arg(long = "temp", default_value_t = 0.0)]
     temperature: f32,
+    /// Sample only from the K most likely tokens; 0 keeps them all
     #[arg(long, default_value_t = 0)]
     top_k: u32,
+    /// Sample only from the most likely tokens whose probabilities add up to P (nucleus sampling); 1 keeps all
     #[arg(long, default_value_t = 1.0)]
     top_p: f32,
+    /// Drop the tokens less likely than P times the most likely one; 0 keeps all
     #[arg(long, default_value_t = 0.0)]
     min_p: f32,
+    /// Divide the scores of tokens seen in the last 64 tokens by R (above 1 discourages repeats); 1 is off
     #[arg(long, default_value_t = 1.0)]
     repeat_penalty: f32,
+    /// The sampler's random seed (the same seed and settings give the same text when --temp is above 0)
     #[arg(long, default_value_t = 0)]
     seed: u32,
     /// Stop before this text (repeatable)
@@ -93,9 +99,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         }
         (None, None) => anyhow::bail!("give a prompt with -p or --prompt-file"),
     };
+    let model = super::model_path(args.model.as_deref())?;
     let engine = Engine::start(args.runtime.engine_options(1)?)?;
     super::runtime()?.block_on(async {
-        let info = engine.load_model(&args.model, None).await?;
+        let info = engine.load_model(&model, None).await?;
         if let Some(lora) = &args.lora {
             engine.set_adapter(lora, args.lora_scale).await?;
         }

@@ -7,8 +7,8 @@ use anyhow::Context;
 use clap::Args;
 use phi_lsp::{ServerOptions, Settings};
 use phi_tui::config::{self, Config};
-use phi_tui::engine::{Engine, SequenceId};
-use phi_tui::lsp_backend::EngineBackend;
+use phi_tui::lsp_backend::SessionBackend;
+use phi_tui::session::ClientKind;
 
 use super::RuntimeArgs;
 
@@ -23,6 +23,9 @@ pub struct LspArgs {
     /// Accepted for editors that pass it; stdio is the only transport
     #[arg(long, hide = true)]
     stdio: bool,
+    /// Load the model in this process instead of sharing the session daemon's (and the TUI's) model
+    #[arg(long)]
+    standalone: bool,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -38,8 +41,8 @@ pub fn run(args: LspArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!(%error, "ignoring the config file");
         Config::default()
     });
-    let settings = Settings { model: config.model, ..Settings::default() };
-    let engine = Engine::start(args.runtime.engine_options(1)?)?;
+    let settings = Settings { model: phi_tui::models::default_model(&config), ..Settings::default() };
+    let session = super::serve::session_for(ClientKind::Editor, &args.runtime, args.standalone)?;
     let options = ServerOptions { model: args.model, settings };
     tracing::info!(log = %log_file.display(), "phi-tui lsp starting");
     // Several threads: the protocol keeps answering (cancellations, other documents) while a request waits.
@@ -47,6 +50,6 @@ pub fn run(args: LspArgs) -> anyhow::Result<ExitCode> {
         .worker_threads(2)
         .enable_all()
         .build()?
-        .block_on(phi_lsp::serve_stdio(EngineBackend::new(engine, SequenceId(0)), options));
+        .block_on(phi_lsp::serve_stdio(SessionBackend::new(session), options));
     Ok(ExitCode::SUCCESS)
 }

@@ -2,16 +2,20 @@
 
 mod bench;
 mod convert;
+mod datagen;
 mod eval;
 mod finetune;
 mod generate;
 mod lsp;
+mod pull;
+mod serve;
 mod tui;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use phi_tui::config::Config;
 use phi_tui::engine::{Drafting, EngineOptions, FlashAttention, LookupOptions};
 
 #[derive(Parser)]
@@ -38,6 +42,7 @@ and keeps conversations and its log (phi-tui.log) in the data directory (~/.loca
 
 config.toml (every setting optional):
   model = \"/path/to/phi-1.f16.gguf\"   # used without -m
+                                        # or an installed model: model = \"phi-1\" (phi-tui models)
   lora = \"/path/to/adapter.gguf\"       # optional; lora_scale = 1.0
   mode = \"code\"                        # or \"chat\" (default: code for models without a chat template)
   max_tokens = 256
@@ -67,6 +72,18 @@ enum Command {
     Finetune(finetune::FinetuneArgs),
     /// Evaluate a model on HumanEval or MBPP (pass@k)
     Eval(eval::EvalArgs),
+    /// Run the session daemon that the TUI and editors share (they start it by themselves when needed)
+    Serve(serve::ServeArgs),
+    /// Show the session daemon: its model, adapter, memory and clients
+    Status(serve::StatusArgs),
+    /// Download a model from Hugging Face, convert it and install it (phi-1, phi-1_5, phi-2, owner/name)
+    Pull(pull::PullArgs),
+    /// List the installed models
+    Models(pull::ModelsArgs),
+    /// Remove an installed model
+    Rm(pull::RmArgs),
+    /// Generate synthetic training data (textbook sections or exercises) with a teacher model
+    Datagen(datagen::DatagenArgs),
 }
 
 pub fn run() -> anyhow::Result<ExitCode> {
@@ -78,6 +95,12 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Lsp(args)) => lsp::run(args),
         Some(Command::Finetune(args)) => finetune::run(args),
         Some(Command::Eval(args)) => eval::run(args),
+        Some(Command::Serve(args)) => serve::run(args),
+        Some(Command::Status(args)) => serve::status(args),
+        Some(Command::Pull(args)) => pull::run_pull(args),
+        Some(Command::Models(args)) => pull::run_models(args),
+        Some(Command::Rm(args)) => pull::run_rm(args),
+        Some(Command::Datagen(args)) => datagen::run(args),
         None => tui::run(cli.tui),
     }
 }
@@ -91,8 +114,8 @@ struct RuntimeArgs {
     /// Layers to offload to the GPU (default: all when built with a GPU backend)
     #[arg(long = "ngl", alias = "gpu-layers")]
     gpu_layers: Option<u32>,
-    /// Flash attention
-    #[arg(long = "flash-attn", default_value = "auto", value_parser = parse_flash_attention)]
+    /// Flash attention: auto lets llama.cpp turn it on where the backend supports it
+    #[arg(long = "flash-attn", default_value = "auto", value_parser = flash_attention_parser())]
     flash_attention: FlashAttention,
     /// The GPU to use when there are several
     #[arg(long, default_value_t = 0)]
@@ -120,6 +143,33 @@ impl RuntimeArgs {
     }
 }
 
+impl RuntimeArgs {
+    /// These options as command-line arguments, for a session daemon that a client starts.
+    fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        let mut push = |flag: &str, value: String| {
+            args.push(flag.into());
+            args.push(value.into());
+        };
+        if let Some(threads) = self.threads {
+            push("--threads", threads.to_string());
+        }
+        if let Some(layers) = self.gpu_layers {
+            push("--ngl", layers.to_string());
+        }
+        push("--flash-attn", self.flash_attention.to_string());
+        push("--main-gpu", self.main_gpu.to_string());
+        if let Some(context) = self.context_size {
+            push("--ctx-size", context.to_string());
+        }
+        if let Some(dir) = &self.backends_dir {
+            args.push("--backends-dir".into());
+            args.push(dir.as_os_str().to_owned());
+        }
+        args
+    }
+}
+
 /// Tells the engine where the ggml backend modules are, before anything starts llama.cpp.
 fn use_backends_dir(dir: Option<&Path>) -> anyhow::Result<()> {
     if let Some(dir) = dir {
@@ -131,8 +181,35 @@ fn use_backends_dir(dir: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn parse_flash_attention(s: &str) -> Result<FlashAttention, String> {
-    s.parse()
+/// Parses `--flash-attn`, listing its values in `--help` and in errors.
+fn flash_attention_parser() -> impl clap::builder::TypedValueParser<Value = FlashAttention> {
+    use clap::builder::{PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(["auto", "on", "off"]).try_map(|s| s.parse::<FlashAttention>())
+}
+
+/// The model a subcommand runs (`-m`: an installed name or a path; else the config file's; else the only installed
+/// one), or first-run guidance when there is none.
+fn model_path(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let config = if given.is_some() { Config::load().unwrap_or_default() } else { Config::load()? };
+    phi_tui::models::resolve(given, &config)?.ok_or_else(|| anyhow::anyhow!("{}", no_model_guidance()))
+}
+
+/// [`model_path`] for training: an installed model gives the checkpoint it was converted from.
+fn checkpoint_path(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let config = if given.is_some() { Config::load().unwrap_or_default() } else { Config::load()? };
+    phi_tui::models::resolve_checkpoint(given, &config)?.ok_or_else(|| anyhow::anyhow!("{}", no_model_guidance()))
+}
+
+/// What to say when there is no model at all.
+fn no_model_guidance() -> String {
+    let first = phi_tui::models::FIRST_MODEL;
+    format!(
+        "no model yet: `phi-tui pull {}` downloads {} ({}) from Hugging Face and installs it; or pass -m MODEL.gguf \
+         (`phi-tui convert DIR` makes one from a checkpoint you have)",
+        first.name,
+        first.repo,
+        phi_tui::models::human_size(first.download_bytes)
+    )
 }
 
 /// A small runtime for the subcommands that await the engine.

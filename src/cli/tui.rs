@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use phi_tui::config::{self, Config};
-use phi_tui::engine::Engine;
+use phi_tui::session::ClientKind;
 use phi_tui::tui::{self, TuiOptions};
 
 use super::RuntimeArgs;
@@ -26,6 +26,9 @@ pub struct TuiArgs {
     /// The adapter's scale (default: `lora_scale` in the config file, else 1.0)
     #[arg(long)]
     lora_scale: Option<f32>,
+    /// Load the model in this process instead of sharing the session daemon's (and the editors') model
+    #[arg(long)]
+    standalone: bool,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -45,11 +48,11 @@ pub fn run(args: TuiArgs) -> anyhow::Result<ExitCode> {
     phi_tui::logging::init_file(&log).with_context(|| format!("opening the log file {}", log.display()))?;
     tracing::info!("phi-tui TUI starting; config {}, data {}", config_path.display(), data_dir.display());
 
-    let model = args.model.clone().or_else(|| config.model.clone());
+    let model = phi_tui::models::resolve(args.model.as_deref(), &config)?;
     let lora_scale = args.lora_scale.unwrap_or(config.lora_scale);
     let lora = args.lora.clone().or_else(|| config.lora.clone()).map(|path| (path, lora_scale));
-    let engine = Engine::start(args.runtime.engine_options(1)?)?;
-    let options = TuiOptions { engine, model, lora, config, config_path, data_dir };
+    let session = super::serve::session_for(ClientKind::Tui, &args.runtime, args.standalone)?;
+    let options = TuiOptions { session, model, lora, config, config_path, data_dir };
     super::runtime()?.block_on(tui::run(options))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -12,11 +12,13 @@
 //! [`Drafter`] adapts the draft length to the acceptance it sees, and pauses drafting for a growing number of steps
 //! after drafts that were rejected outright, so text with no repetition costs almost nothing.
 
+use serde::{Deserialize, Serialize};
+
 use super::TokenId;
 
 /// How a generation guesses tokens ahead for the model to verify. Only greedy generations without a repeat penalty
 /// draft; sampled ones decode token by token whatever this says (see [`SamplingParams`](super::SamplingParams)).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Drafting {
     /// One token per decode.
     #[default]
@@ -26,7 +28,7 @@ pub enum Drafting {
 }
 
 /// Prompt-lookup drafting's settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LookupOptions {
     /// The longest n-gram looked up: the last `ngram` tokens first, then shorter suffixes down to `min_ngram`.
     pub ngram: u32,

@@ -25,20 +25,23 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 pub use draft::{Drafting, LookupOptions};
 pub use ffi::{llama_cpp_version, quantize_model, QuantizeError};
 pub use sampling::SamplingParams;
 pub use text::StopPredicate;
+pub use worker::gpu_offload_available;
 #[cfg(feature = "dynamic-backends")]
 pub use worker::set_backends_dir;
 
 /// A token id of the loaded model's vocabulary.
 pub type TokenId = i32;
 
-/// Errors the engine reports. The engine keeps serving after every one of them.
-#[derive(Debug, Clone, thiserror::Error)]
+/// Errors the engine reports. The engine keeps serving after every one of them. They cross the session daemon's
+/// socket as they are, so a client of the shared session sees the same errors as an in-process one.
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
 pub enum EngineError {
     #[error("no model is loaded")]
     NoModel,
@@ -68,12 +71,16 @@ pub enum EngineError {
     Cancelled,
     #[error("the engine thread has stopped")]
     EngineStopped,
+    /// The shared session's daemon could not be reached, refused this client, or went away mid-request.
+    #[error("{0}")]
+    Daemon(String),
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
 /// Whether llama.cpp uses flash attention.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FlashAttention {
     /// llama.cpp decides: on where the backend supports it (GPU offload, and the CPU in this version).
     #[default]
@@ -111,6 +118,8 @@ pub struct EngineOptions {
     pub context_size: Option<u32>,
     /// Independent sequences (KV caches) in the context, e.g. one per chat plus one for the editor.
     pub sequences: u32,
+    /// How the sequences' keys and values are stored.
+    pub kv_cache: KvCacheLayout,
     /// CPU threads; `None` uses every available core.
     pub threads: Option<u32>,
     /// Most prompt tokens decoded in one step: a cancel or a higher-priority request waits at most this long.
@@ -126,6 +135,7 @@ impl Default for EngineOptions {
         Self {
             context_size: None,
             sequences: 2,
+            kv_cache: KvCacheLayout::PerSequence,
             threads: None,
             batch_size: 512,
             gpu_layers: None,
@@ -135,8 +145,21 @@ impl Default for EngineOptions {
     }
 }
 
+/// How the KV cache is laid out among the sequences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvCacheLayout {
+    /// Each sequence has a cache of `context_size` tokens of its own.
+    #[default]
+    PerSequence,
+    /// All sequences draw from one pool of this many tokens (`None`: one sequence's context). Many sequences (one
+    /// per client of the session daemon) then cost no more memory than one: when the pool is full, the least
+    /// recently used other sequence is evicted, and decodes its prefix again when it next runs. Each sequence
+    /// holds at most `min(context_size, pool)` tokens.
+    Shared(Option<u32>),
+}
+
 /// What is known about the loaded model.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
     pub path: PathBuf,
     pub name: String,
@@ -166,7 +189,7 @@ pub struct ModelInfo {
 }
 
 /// The active LoRA adapter.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdapterInfo {
     pub path: PathBuf,
     /// The user scale; llama.cpp multiplies it by the adapter's alpha / rank.
@@ -174,7 +197,7 @@ pub struct AdapterInfo {
 }
 
 /// A snapshot of the engine for status lines.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EngineState {
     pub model: Option<ModelInfo>,
     pub adapter: Option<AdapterInfo>,
@@ -185,11 +208,11 @@ pub struct EngineState {
 }
 
 /// One of the context's independent sequences (KV caches).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SequenceId(pub u32);
 
 /// Which request runs when several are waiting. Higher runs first; equals take turns step by step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash, Serialize, Deserialize)]
 pub enum Priority {
     Background,
     #[default]
@@ -199,7 +222,7 @@ pub enum Priority {
 }
 
 /// What to feed the model.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Prompt {
     Text(String),
     Tokens(Vec<TokenId>),
@@ -258,7 +281,7 @@ impl fmt::Debug for GenerateRequest {
 }
 
 /// Why a generation ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StopReason {
     MaxTokens,
     EndOfGeneration,
@@ -270,7 +293,7 @@ pub enum StopReason {
 }
 
 /// Wall-clock timings of one generation.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
     /// From submission until the first step ran.
     pub queue_ms: f64,
@@ -282,9 +305,12 @@ pub struct Timings {
     /// than the tokens generated; `gen_ms` covers exactly these decodes (plus sampling). Draft tokens the model
     /// rejected are not counted (their decode time is).
     pub gen_tokens_decoded: usize,
-    /// Draft tokens the model checked (see [`Drafting`]).
+    /// Draft tokens the model checked (see [`Drafting`]). (Defaults: a daemon or client that does not draft
+    /// sends neither.)
+    #[serde(default)]
     pub drafted: usize,
     /// Draft tokens the model confirmed: generated tokens that took no step of their own.
+    #[serde(default)]
     pub draft_accepted: usize,
 }
 
@@ -316,7 +342,7 @@ fn per_second(tokens: usize, ms: f64) -> f64 {
 }
 
 /// The result of a generation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerationSummary {
     pub prompt_tokens: Vec<TokenId>,
     /// Prompt tokens found in the sequence's cache and not decoded again.
@@ -329,7 +355,7 @@ pub struct GenerationSummary {
 }
 
 /// What a running generation reports.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum GenerationEvent {
     /// Newly generated tokens and the text they complete (possibly empty while a character or a possible stop
     /// string is incomplete).
@@ -342,17 +368,27 @@ pub enum GenerationEvent {
 
 /// An identifier for a submitted generation, used to cancel it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RequestId(u64);
+pub struct RequestId(pub u64);
+
+/// Stops a generation by id; how depends on where the generation runs (the engine thread, or a daemon across a
+/// socket).
+pub type Canceller = Arc<dyn Fn(RequestId) + Send + Sync>;
 
 /// A generation in progress: a stream of [`GenerationEvent`]s. Dropping it cancels the generation.
 pub struct Generation {
     id: RequestId,
     events: mpsc::UnboundedReceiver<Result<GenerationEvent>>,
-    engine: Engine,
+    cancel: Canceller,
     finished: bool,
 }
 
 impl Generation {
+    /// A generation whose events arrive on `events` and which `cancel` stops: the engine's own, or one that a
+    /// session client relays from elsewhere.
+    pub fn new(id: RequestId, events: mpsc::UnboundedReceiver<Result<GenerationEvent>>, cancel: Canceller) -> Self {
+        Self { id, events, cancel, finished: false }
+    }
+
     pub fn id(&self) -> RequestId {
         self.id
     }
@@ -379,14 +415,14 @@ impl Generation {
 
     /// Asks the engine to stop this generation; it ends with [`StopReason::Cancelled`] within one step.
     pub fn cancel(&self) {
-        self.engine.cancel(self.id);
+        (self.cancel)(self.id);
     }
 }
 
 impl Drop for Generation {
     fn drop(&mut self) {
         if !self.finished {
-            self.engine.cancel(self.id);
+            (self.cancel)(self.id);
         }
     }
 }
@@ -394,18 +430,47 @@ impl Drop for Generation {
 /// Progress of a model load, from 0.0 to 1.0.
 pub type LoadProgress = Box<dyn FnMut(f32) + Send>;
 
-/// The handle to the engine thread. Clone it freely; the thread stops when the last handle is dropped.
+/// The handle to the engine thread. Clone it freely; the thread stops when the last handle is dropped, and that
+/// drop waits for it.
 #[derive(Clone)]
 pub struct Engine {
+    // Declared before `_thread`, so each handle's sender is gone before its share of the thread is released: when
+    // the last share goes, the worker has seen its channel close.
     commands: std_mpsc::Sender<worker::Command>,
     next_request: Arc<AtomicU64>,
+    /// Held only for its drop.
+    _thread: Arc<EngineThread>,
+}
+
+/// Joins the engine thread when the last [`Engine`] handle is dropped. Without the join, a process could reach
+/// `exit` while the worker is still freeing its model, and llama.cpp's static destructors would run under it (a
+/// segfault at exit, seen about once in 40 runs of `datagen`).
+struct EngineThread(std::sync::Mutex<Option<std::thread::JoinHandle<()>>>);
+
+impl Drop for EngineThread {
+    fn drop(&mut self) {
+        let handle = match self.0.get_mut() {
+            Ok(handle) => handle.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        // A handle dropped on the engine thread itself (a cancel callback, say) must not wait for itself.
+        if let Some(handle) = handle.filter(|h| h.thread().id() != std::thread::current().id()) {
+            if handle.join().is_err() {
+                tracing::error!("the engine thread panicked");
+            }
+        }
+    }
 }
 
 impl Engine {
     /// Starts the engine thread. No model is loaded yet.
     pub fn start(options: EngineOptions) -> Result<Self> {
-        let commands = worker::spawn(options)?;
-        Ok(Self { commands, next_request: Arc::new(AtomicU64::new(1)) })
+        let (commands, thread) = worker::spawn(options)?;
+        Ok(Self {
+            commands,
+            next_request: Arc::new(AtomicU64::new(1)),
+            _thread: Arc::new(EngineThread(std::sync::Mutex::new(Some(thread)))),
+        })
     }
 
     /// Loads a GGUF model, replacing the current one. Generations in flight on the old model end with an error.
@@ -450,7 +515,8 @@ impl Engine {
             // The engine thread is gone: the stream's first item says so. (The receiver is ours: this send works.)
             let _ = events.send(Err(EngineError::EngineStopped));
         }
-        Generation { id, events: receiver, engine: self.clone(), finished: false }
+        let engine = self.clone();
+        Generation::new(id, receiver, Arc::new(move |id| engine.cancel(id)))
     }
 
     /// Cancels a generation by id; unknown or finished ids are ignored.

@@ -5,7 +5,7 @@ use llama_cpp_2::sampling::LlamaSampler;
 use super::EngineError;
 
 /// How the next token is chosen. The defaults are greedy decoding: the most likely token, always.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SamplingParams {
     /// 0 means greedy.
     pub temperature: f32,

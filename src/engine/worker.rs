@@ -14,7 +14,7 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaLoraAdapter, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
-use llama_cpp_2::{LlamaBackendDeviceType, LogOptions};
+use llama_cpp_2::{DecodeError, LlamaBackendDeviceType, LogOptions};
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 
 use super::draft::{Drafter, Drafting};
@@ -22,8 +22,8 @@ use super::text::{TextStop, TextStream};
 use super::validate::{self, ModelFacts};
 use super::{
     AdapterInfo, EngineError, EngineOptions, EngineState, FlashAttention, GenerateRequest, GenerationEvent,
-    GenerationSummary, LoadProgress, ModelInfo, Priority, Prompt, RequestId, Result, SequenceId, StopReason, Timings,
-    TokenId,
+    GenerationSummary, KvCacheLayout, LoadProgress, ModelInfo, Priority, Prompt, RequestId, Result, SequenceId,
+    StopReason, Timings, TokenId,
 };
 
 pub(super) enum Command {
@@ -55,6 +55,11 @@ pub(crate) fn backend() -> Result<&'static LlamaBackend> {
         })
         .as_ref()
         .map_err(|e| EngineError::Context(format!("llama.cpp backend: {e}")))
+}
+
+/// Whether llama.cpp has a GPU to offload layers to (false where its backend cannot start).
+pub fn gpu_offload_available() -> bool {
+    backend().is_ok_and(|backend| backend.supports_gpu_offload())
 }
 
 /// Where to find ggml backend modules (e.g. a CUDA backend built on another machine).
@@ -94,15 +99,15 @@ fn load_backend_modules() -> Result<(), String> {
     Ok(())
 }
 
-pub(super) fn spawn(options: EngineOptions) -> Result<Sender<Command>> {
+pub(super) fn spawn(options: EngineOptions) -> Result<(Sender<Command>, std::thread::JoinHandle<()>)> {
     validate_options(&options)?;
     backend()?;
     let (commands, receiver) = mpsc::channel();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("phi-engine".to_owned())
         .spawn(move || Worker::new(receiver, options).run())
         .map_err(|e| EngineError::Context(format!("cannot start the engine thread: {e}")))?;
-    Ok(commands)
+    Ok((commands, thread))
 }
 
 fn validate_options(options: &EngineOptions) -> Result<()> {
@@ -154,6 +159,8 @@ struct Worker {
     jobs: Vec<Job>,
     /// The tokens whose keys and values each sequence holds, in position order.
     cached: Vec<Vec<TokenId>>,
+    /// The step at which each sequence last decoded: with a shared KV pool, the least recently used is evicted.
+    last_used: Vec<u64>,
     steps: u64,
 }
 
@@ -198,7 +205,7 @@ impl Job {
 
 impl Worker {
     fn new(commands: Receiver<Command>, options: EngineOptions) -> Self {
-        Self { commands, options, jobs: Vec::new(), cached: Vec::new(), steps: 0 }
+        Self { commands, options, jobs: Vec::new(), cached: Vec::new(), last_used: Vec::new(), steps: 0 }
     }
 
     fn run(mut self) {
@@ -218,6 +225,7 @@ impl Worker {
                     let _ = reply.send(result.as_ref().map(|l| l.info.clone()).map_err(Clone::clone));
                     if let Ok(new) = result {
                         self.cached = vec![Vec::new(); new.info.sequences as usize];
+                        self.last_used = vec![0; new.info.sequences as usize];
                         loaded = Some(new);
                     }
                 }
@@ -563,19 +571,25 @@ impl Worker {
                 return;
             }
         }
-        if let Err(e) = ctx.decode(batch) {
+        self.last_used[seq] = steps;
+        if let Err(e) = self.decode_making_room(ctx, batch, seq) {
             // The sequence's state is unknown after a failed decode: drop it.
             let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
             self.cached[seq].clear();
             let job = self.jobs.remove(index);
-            fail(job, EngineError::Decode(e.to_string()));
+            match e {
+                // Even alone in the pool the sequence does not fit.
+                DecodeError::NoKvCacheSlot => finish(job, StopReason::ContextFull),
+                e => fail(job, EngineError::Decode(e.to_string())),
+            }
             return;
         }
         // On a GPU, llama_decode only queues the work. Waiting for it here makes a step last as long as its
         // decode really takes, so the timings are true and a cancel still lands within one step. (Sampling would
         // wait anyway; a prompt chunk without sampling would not.)
         ctx.synchronize();
-        cached.extend((common..end).map(|i| job.token(i)));
+        let job = &mut self.jobs[index];
+        self.cached[seq].extend((common..end).map(|i| job.token(i)));
         if in_prompt {
             job.timings.prompt_tokens_decoded += end - common;
         } else {
@@ -606,6 +620,35 @@ impl Worker {
         if let Some(reason) = outcome {
             let job = self.jobs.remove(index);
             finish(job, reason);
+        }
+    }
+
+    /// Decodes `batch` for sequence `seq`. When the KV cache has no room (a pool shared by all sequences), evicts
+    /// the least recently used other sequence and tries again; an evicted sequence re-decodes its tokens the next
+    /// time one of its jobs runs, as after any other cache miss.
+    fn decode_making_room(
+        &mut self,
+        ctx: &mut LlamaContext<'_>,
+        batch: &mut LlamaBatch,
+        seq: usize,
+    ) -> Result<(), DecodeError> {
+        loop {
+            match ctx.decode(batch) {
+                Err(DecodeError::NoKvCacheSlot) => {
+                    let victim = (0..self.cached.len())
+                        .filter(|&other| other != seq && !self.cached[other].is_empty())
+                        .min_by_key(|&other| self.last_used[other]);
+                    let Some(victim) = victim else { return Err(DecodeError::NoKvCacheSlot) };
+                    tracing::debug!(
+                        sequence = seq,
+                        evicted = victim,
+                        tokens = self.cached[victim].len(),
+                        "KV pool full"
+                    );
+                    self.clear_sequence(ctx, victim);
+                }
+                other => return other,
+            }
         }
     }
 
@@ -865,7 +908,10 @@ fn load_model(path: &Path, progress: Option<LoadProgress>, options: &EngineOptio
     let ctx = model
         .new_context(backend, context_params(options, &info))
         .map_err(|e| EngineError::Context(format!("{}: {e}", path.display())))?;
-    info.context_size = ctx.n_ctx() / options.sequences;
+    info.context_size = match options.kv_cache {
+        KvCacheLayout::Shared(_) => ctx.n_ctx().min(options.context_size.unwrap_or(info.context_train).max(16)),
+        KvCacheLayout::PerSequence => ctx.n_ctx() / options.sequences,
+    };
     drop(ctx);
     Ok(Loaded { model, info, facts, adapters: Vec::new(), active_adapter: None })
 }
@@ -884,6 +930,11 @@ fn main_gpu_device(main_gpu: u32) -> Option<String> {
 
 fn context_params(options: &EngineOptions, info: &ModelInfo) -> LlamaContextParams {
     let per_sequence = options.context_size.unwrap_or(info.context_train).max(16);
+    // One KV stream per sequence, each of `per_sequence` tokens; or one pool that every sequence draws from.
+    let (n_ctx, unified) = match options.kv_cache {
+        KvCacheLayout::Shared(pool) => (pool.unwrap_or(per_sequence).max(16), true),
+        KvCacheLayout::PerSequence => (per_sequence.saturating_mul(options.sequences), false),
+    };
     let threads = i32::try_from(info.threads).unwrap_or(i32::MAX);
     let flash_attention = match options.flash_attention {
         FlashAttention::Auto => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
@@ -891,12 +942,11 @@ fn context_params(options: &EngineOptions, info: &ModelInfo) -> LlamaContextPara
         FlashAttention::Off => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
     };
     LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(per_sequence.saturating_mul(options.sequences)))
+        .with_n_ctx(NonZeroU32::new(n_ctx))
         .with_n_batch(options.batch_size)
         .with_n_ubatch(options.batch_size)
         .with_n_seq_max(options.sequences)
-        // One KV stream per sequence: each sequence gets its own `per_sequence` tokens.
-        .with_kv_unified(false)
+        .with_kv_unified(unified)
         .with_n_threads(threads)
         .with_n_threads_batch(threads)
         .with_flash_attention_policy(flash_attention)

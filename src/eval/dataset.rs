@@ -130,6 +130,31 @@ pub fn load_tasks(benchmark: Benchmark, data_dir: &Path) -> Result<Vec<Task>> {
     }
 }
 
+/// Every problem's statement and reference solution, as one text per problem: all 164 HumanEval prompts with their
+/// canonical solutions, and all 974 MBPP descriptions with their code (not only the evaluated tasks). This is what
+/// training data must not overlap (see the dataset generator's decontamination).
+pub fn problem_texts(benchmark: Benchmark, data_dir: &Path) -> Result<Vec<(String, String)>> {
+    let path = data_dir.join(benchmark.file_name());
+    let file = std::fs::File::open(&path).map_err(|source| EvalError::Io { path: path.clone(), source })?;
+    match benchmark {
+        Benchmark::HumanEval => {
+            let rows: Vec<(usize, HumanEvalRow)> = parse_jsonl(&read_gzip(file, &path)?, &path)?;
+            Ok(rows.into_iter().map(|(_, r)| (r.task_id, format!("{}{}", r.prompt, r.canonical_solution))).collect())
+        }
+        Benchmark::Mbpp => {
+            let mut text = String::new();
+            BufReader::new(file)
+                .read_to_string(&mut text)
+                .map_err(|source| EvalError::Io { path: path.clone(), source })?;
+            let rows: Vec<(usize, MbppRow)> = parse_jsonl(&text, &path)?;
+            Ok(rows
+                .into_iter()
+                .map(|(_, r)| (format!("Mbpp/{}", r.task_id), format!("{}\n{}", r.text, normalize(&r.code))))
+                .collect())
+        }
+    }
+}
+
 fn read_gzip(file: std::fs::File, path: &Path) -> Result<String> {
     let mut text = String::new();
     flate2::read::GzDecoder::new(BufReader::new(file))

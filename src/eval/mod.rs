@@ -22,7 +22,7 @@ mod results;
 
 use std::path::PathBuf;
 
-pub use dataset::{default_data_dir, load_tasks, Benchmark, Task, MBPP_EVAL_TASKS, MBPP_FEW_SHOT_TASKS};
+pub use dataset::{default_data_dir, load_tasks, problem_texts, Benchmark, Task, MBPP_EVAL_TASKS, MBPP_FEW_SHOT_TASKS};
 pub use exec::{score, score_all, Executor};
 pub use passk::{pass_at_k, report_ks, Report};
 pub use results::{read_completions, read_results, Completion, ResultWriter, SampleResult, Verdict};

@@ -19,7 +19,7 @@ pub mod lora;
 pub mod model;
 pub mod optim;
 pub mod peft;
-mod rng;
+pub(crate) mod rng;
 pub mod trainer;
 
 pub use checkpoint::CHECKPOINT_FILE;

@@ -238,15 +238,9 @@ pub(crate) fn write_safetensors(
     write_atomically(path, &bytes)
 }
 
-/// Writes a file so that it appears complete or not at all (a temporary file in the same directory, renamed).
+/// Writes a file so that it appears complete or not at all.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temporary = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
-    std::fs::write(&temporary, bytes).map_err(|e| FinetuneError::io(&temporary, "cannot write file", e))?;
-    std::fs::rename(&temporary, path).map_err(|e| {
-        let _ = std::fs::remove_file(&temporary);
-        FinetuneError::io(path, "cannot write file", e)
-    })
+    crate::files::write_atomically(path, bytes).map_err(|e| FinetuneError::io(path, "cannot write file", e))
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@
 //! it stops accidents early but is no security boundary — the OS-level limits are.
 
 mod capture;
+mod doctest;
 mod namespaces;
 
 use std::ffi::OsString;
@@ -36,6 +37,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use capture::Capture;
+pub use doctest::{doctest_counts, doctest_program, RESULT_MARK, SYNTAX_ERROR_EXIT};
 use namespaces::NamespacePlan;
 
 /// Runs `program.py` as `__main__`, after the optional process-creation guard.

@@ -11,6 +11,7 @@ use super::prompt::{build_prompt, GenerationSpec};
 use super::session::{Message, MessageStatus, ReplyStats, Role, RunRecord, Session, SessionSummary};
 use crate::config::PromptMode;
 use crate::engine::{AdapterInfo, GenerationSummary, ModelInfo, StopReason};
+use crate::models::{self, PullEvent};
 
 /// Ticks (of [`TICK`]) between two saves of a reply that is still streaming.
 pub const SAVE_EVERY_TICKS: u32 = 4;
@@ -60,6 +61,13 @@ pub enum ModelState {
     Failed {
         path: PathBuf,
         error: String,
+    },
+    /// A model being downloaded and converted (or a local checkpoint converted) before it loads.
+    Installing {
+        /// What was asked for: a model name, `owner/name`, or a checkpoint directory.
+        what: String,
+        /// The latest progress.
+        event: Option<PullEvent>,
     },
 }
 
@@ -129,7 +137,14 @@ pub enum Action {
     View(ViewReport),
     ModelProgress(f32),
     ModelLoaded(Result<Box<ModelInfo>, String>),
+    /// The model asked for must be installed first (pulled, or converted from a checkpoint directory).
+    InstallStarted(String),
+    InstallProgress(PullEvent),
+    /// The install ended: the GGUF to load and what to tell the user, or why it failed.
+    Installed(Result<(PathBuf, String), String>),
     AdapterChanged(Result<Option<AdapterInfo>, String>),
+    /// What the editors sharing the session are doing (e.g. `2 editors · 143 completions · p50 18 ms`).
+    Activity(Option<String>),
     Delta {
         tokens: usize,
         text: String,
@@ -181,7 +196,11 @@ pub enum Effect {
         block: usize,
         code: String,
     },
+    /// Load a model: a GGUF, an installed model's name, or (installed first) a checkpoint directory or a model to
+    /// pull.
     LoadModel(PathBuf),
+    /// Stop the download of the model being installed.
+    CancelInstall,
     SetAdapter {
         path: PathBuf,
         scale: f32,
@@ -213,6 +232,8 @@ pub struct App {
     pub model: ModelState,
     pub adapter: Option<AdapterInfo>,
     pub adapter_loading: bool,
+    /// The editors' activity in the shared session, for the status line.
+    pub activity: Option<String>,
     /// The last message is a reply being generated.
     pub generating: bool,
     /// Tokens streamed so far in the current reply.
@@ -257,6 +278,7 @@ impl App {
             model,
             adapter: None,
             adapter_loading: false,
+            activity: None,
             generating: false,
             streamed_tokens: 0,
             context_used: None,
@@ -315,6 +337,13 @@ impl App {
 
     pub fn error(&mut self, text: impl Into<String>) {
         self.notice = Some(Notice { text: text.into(), error: true, ticks_left: NOTICE_TICKS * 2 });
+    }
+
+    /// A later success takes down an error still on show: what it said (no model, a failed reply) is over.
+    fn clear_error(&mut self) {
+        if self.notice.as_ref().is_some_and(|notice| notice.error) {
+            self.notice = None;
+        }
     }
 
     pub fn model_info(&self) -> Option<&ModelInfo> {
@@ -401,6 +430,36 @@ impl App {
                 vec![]
             }
             Action::ModelLoaded(result) => self.model_loaded(result),
+            Action::Activity(activity) => {
+                self.activity = activity;
+                vec![]
+            }
+            Action::InstallStarted(what) => {
+                self.model = ModelState::Installing { what, event: None };
+                vec![]
+            }
+            Action::InstallProgress(progress) => {
+                if let ModelState::Installing { event, .. } = &mut self.model {
+                    *event = Some(progress);
+                }
+                vec![]
+            }
+            Action::Installed(result) => match result {
+                Ok((path, notice)) => {
+                    self.notify(notice);
+                    self.model = ModelState::Loading { path: path.clone(), progress: 0.0 };
+                    vec![Effect::LoadModel(path)]
+                }
+                Err(error) => {
+                    let path = match &self.model {
+                        ModelState::Installing { what, .. } => PathBuf::from(what),
+                        _ => PathBuf::new(),
+                    };
+                    self.error(error.clone());
+                    self.model = ModelState::Failed { path, error };
+                    vec![]
+                }
+            },
             Action::AdapterChanged(result) => {
                 self.adapter_loading = false;
                 match result {
@@ -431,7 +490,14 @@ impl App {
                 self.error(error);
                 vec![Effect::Save]
             }
-            Action::SessionList(items) => {
+            Action::SessionList(mut items) => {
+                // The saver writes in the background, so a listing read right after a change to the open
+                // conversation (a rename, say) can be older than what the app holds: the app's copy wins (once
+                // it has been saved at all, i.e. has messages).
+                let current = items.iter_mut().find(|item| item.id == self.session.id);
+                if let Some(item) = current.filter(|_| !self.session.messages.is_empty()) {
+                    *item = SessionSummary { snippet: item.snippet.take(), ..SessionSummary::of(&self.session) };
+                }
                 if let Some(Overlay::Sessions(view)) = &mut self.overlay {
                     view.items = items;
                     view.loading = false;
@@ -469,6 +535,7 @@ impl App {
             },
             Action::SessionRenamed(result) => match result {
                 Ok((id, title)) => {
+                    self.notify(format!("renamed to “{title}”"));
                     if id == self.session.id {
                         self.session.title = title;
                     }
@@ -547,7 +614,7 @@ impl App {
         self.generating
             || self.adapter_loading
             || self.running.is_some()
-            || matches!(self.model, ModelState::Loading { .. })
+            || matches!(self.model, ModelState::Loading { .. } | ModelState::Installing { .. })
             || self.notice.is_some()
     }
 
@@ -807,9 +874,16 @@ impl App {
                     ModelState::Loading { path, .. } | ModelState::Failed { path, .. } => {
                         path.to_string_lossy().into_owned()
                     }
-                    ModelState::None => String::new(),
+                    ModelState::Installing { what, .. } => what.clone(),
+                    // The first run offers the first model: Enter pulls it.
+                    ModelState::None => models::FIRST_MODEL.name.to_owned(),
                 };
-                self.open_prompt(PromptPurpose::Model, "Load a model", "path to a GGUF file", &current);
+                let hint = format!(
+                    "GGUF, checkpoint dir or model ({}: {})",
+                    models::FIRST_MODEL.name,
+                    models::human_size(models::FIRST_MODEL.download_bytes)
+                );
+                self.open_prompt(PromptPurpose::Model, "Load a model", &hint, &current);
                 vec![]
             }
             Command::LoadAdapter => {
@@ -877,6 +951,10 @@ impl App {
             ModelState::Ready(info) => Some(info.clone()),
             ModelState::Loading { .. } => {
                 self.notify("the model is still loading");
+                None
+            }
+            ModelState::Installing { .. } => {
+                self.notify("the model is still being installed");
                 None
             }
             _ => {
@@ -954,6 +1032,10 @@ impl App {
     }
 
     fn cancel(&mut self) -> Vec<Effect> {
+        if matches!(self.model, ModelState::Installing { .. }) && self.input.is_empty() {
+            self.notify("stopping the download…");
+            return vec![Effect::CancelInstall];
+        }
         if self.generating {
             self.generating = false;
             let last = self.session.messages.len().saturating_sub(1);
@@ -1029,6 +1111,9 @@ impl App {
         self.touch(last);
         self.last_speed = Some(speed);
         self.context_used = Some(summary.prompt_tokens.len() + summary.tokens.len());
+        if summary.stop_reason != StopReason::Cancelled {
+            self.clear_error();
+        }
         vec![Effect::Save]
     }
 
@@ -1094,6 +1179,13 @@ impl App {
                 if text.is_empty() {
                     return vec![];
                 }
+                if matches!(self.model, ModelState::Installing { .. }) {
+                    self.notify(format!(
+                        "a model is being installed: {} stops it first",
+                        self.options.keymap.first(Command::Cancel)
+                    ));
+                    return vec![];
+                }
                 let mut effects = Vec::new();
                 if self.generating {
                     effects.extend(self.cancel());
@@ -1124,7 +1216,12 @@ impl App {
             }
             PromptPurpose::Rename { id } => {
                 if id == self.session.id {
-                    self.session.title = text.clone();
+                    self.session.title = text.trim().to_owned();
+                    if let Some(Overlay::Sessions(view)) = &mut self.overlay {
+                        if let Some(item) = view.items.iter_mut().find(|item| item.id == id) {
+                            item.title = self.session.display_title();
+                        }
+                    }
                     let mut effects = vec![];
                     if !self.session.messages.is_empty() {
                         effects.push(Effect::Save);

@@ -20,7 +20,9 @@ pub mod testing;
 
 use std::io::{Stdout, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossterm::event::{
@@ -37,11 +39,13 @@ use ratatui::Terminal;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::engine::{Engine, EngineError, Generation, GenerationEvent};
+use crate::engine::{EngineError, Generation, GenerationEvent};
+use crate::models::{self, ModelChoice, PullEvent};
+use crate::session::{Notice, SharedSession};
 use app::{Action, App, AppOptions, Effect, ModelState};
 use keys::KeyMap;
 use render::RenderCache;
-use session::{Session, SessionStore};
+use session::{Listing, Session, SessionStore};
 
 /// Python that touches most of the syntax's rules (highlighted once at start, off the UI thread).
 const WARM_UP_CODE: &str = "import os\n@decorator\nclass A(B):\n    \"\"\"Doc.\"\"\"\n    def f(self, x: int = 1, *a, **k) -> str:\n        return f'{x!r}' + r'\\d' + b'x'.decode() if x else [y for y in range(3)]  # c\nlambda t: t[1]\n";
@@ -61,7 +65,8 @@ pub enum TuiError {
 
 /// What the TUI starts with.
 pub struct TuiOptions {
-    pub engine: Engine,
+    /// The inference session: the daemon's, shared with the editors, or a private one.
+    pub session: SharedSession,
     /// The model to load at start (from `-m` or the config file).
     pub model: Option<PathBuf>,
     /// A LoRA adapter and its scale, applied once the model is loaded.
@@ -113,20 +118,28 @@ pub async fn run(options: TuiOptions) -> Result<(), TuiError> {
 
     let mut guard = TerminalGuard::enter(app.mouse_captured)?;
     let (actions_tx, actions_rx) = mpsc::unbounded_channel();
-    if let Some(path) = &options.model {
-        spawn_model_load(&options.engine, path.clone(), options.lora.clone(), actions_tx.clone());
+    match &options.model {
+        Some(path) => spawn_model_attach(&options.session, path.clone(), options.lora.clone(), actions_tx.clone()),
+        None => spawn_session_model(&options.session, actions_tx.clone()),
     }
+    let session_watch = tokio::spawn(watch_session(options.session.clone(), actions_tx.clone()));
     let mut event_loop = EventLoop {
-        engine: options.engine.clone(),
+        session: options.session.clone(),
         store: store.clone(),
         saver: Saver::start(actions_tx.clone()),
         actions: actions_tx,
         generation: None,
+        data_dir: options.data_dir.clone(),
+        install_cancel: None,
     };
     let result = event_loop.run(&mut app, guard.terminal(), actions_rx).await;
+    session_watch.abort();
     // Cancel what is running and let the last save reach the disk before the terminal is given back.
     if let Some(generation) = event_loop.generation.take() {
         generation.cancel();
+    }
+    if let Some(cancel) = &event_loop.install_cancel {
+        cancel.store(true, Ordering::Relaxed);
     }
     event_loop.saver.finish();
     guard.restore();
@@ -134,11 +147,15 @@ pub async fn run(options: TuiOptions) -> Result<(), TuiError> {
 }
 
 struct EventLoop {
-    engine: Engine,
+    session: SharedSession,
     store: SessionStore,
     saver: Saver,
     actions: mpsc::UnboundedSender<Action>,
     generation: Option<Generation>,
+    /// Where installed models go.
+    data_dir: PathBuf,
+    /// Stops the install in progress.
+    install_cancel: Option<Arc<AtomicBool>>,
 }
 
 /// What woke the loop up.
@@ -232,7 +249,7 @@ impl EventLoop {
                 if let Some(old) = self.generation.take() {
                     old.cancel();
                 }
-                self.generation = Some(self.engine.generate(spec.request()));
+                self.generation = Some(self.session.generate(spec.request()));
             }
             Effect::CancelGeneration => {
                 // Dropping a generation cancels it too; cancel() says so right away.
@@ -250,14 +267,10 @@ impl EventLoop {
                 }
             }
             Effect::ListSessions => {
-                tokio::task::spawn_blocking(move || {
-                    let _ = actions.send(Action::SessionList(store.list()));
-                });
+                tokio::task::spawn_blocking(move || send_listing(&actions, store.list()));
             }
             Effect::SearchSessions(query) => {
-                tokio::task::spawn_blocking(move || {
-                    let _ = actions.send(Action::SessionList(store.search(&query)));
-                });
+                tokio::task::spawn_blocking(move || send_listing(&actions, store.search(&query)));
             }
             Effect::OpenSession(id) => {
                 tokio::task::spawn_blocking(move || {
@@ -313,24 +326,109 @@ impl EventLoop {
                     let _ = actions.send(Action::RunFinished { session, message, record });
                 });
             }
-            Effect::LoadModel(path) => spawn_model_load(&self.engine, path, None, actions),
+            Effect::LoadModel(path) => self.open_model(&path, actions),
+            Effect::CancelInstall => {
+                if let Some(cancel) = &self.install_cancel {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+            }
             Effect::SetAdapter { path, scale } => {
-                let engine = self.engine.clone();
+                let session = self.session.clone();
                 tokio::spawn(async move {
-                    let result = engine.set_adapter(&path, scale).await.map(Some).map_err(|e| e.to_string());
+                    let result = session.set_adapter(path, scale).await.map(Some).map_err(|e| e.to_string());
                     let _ = actions.send(Action::AdapterChanged(result));
                 });
             }
             Effect::RemoveAdapter => {
-                let engine = self.engine.clone();
+                let session = self.session.clone();
                 tokio::spawn(async move {
-                    let result = engine.remove_adapter().await.map(|()| None).map_err(|e| e.to_string());
+                    let result = session.remove_adapter().await.map(|()| None).map_err(|e| e.to_string());
                     let _ = actions.send(Action::AdapterChanged(result));
                 });
             }
             Effect::Quit => {}
         }
     }
+}
+
+impl EventLoop {
+    /// Loads what the user asked for: a GGUF or an installed model right away; a checkpoint directory or a model
+    /// to pull once it is installed (on a thread of its own, reporting progress).
+    fn open_model(&mut self, path: &std::path::Path, actions: mpsc::UnboundedSender<Action>) {
+        let choice = match models::choose(&path.to_string_lossy(), &self.data_dir) {
+            Ok(ModelChoice::File(file)) => return spawn_model_load(&self.session, file, actions),
+            Ok(choice) => choice,
+            Err(e) => {
+                let _ = actions.send(Action::ModelLoaded(Err(e.to_string())));
+                return;
+            }
+        };
+        let what = match &choice {
+            ModelChoice::Pull(name) => name.clone(),
+            ModelChoice::Checkpoint(dir) | ModelChoice::File(dir) => dir.display().to_string(),
+        };
+        let _ = actions.send(Action::InstallStarted(what));
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.install_cancel = Some(Arc::clone(&cancel));
+        let data_dir = self.data_dir.clone();
+        let failed = actions.clone();
+        // A thread, not a blocking task: quitting must not wait for a conversion to finish.
+        let spawned = std::thread::Builder::new()
+            .name("phi-tui-install".to_owned())
+            .spawn(move || install(choice, &data_dir, &actions, &cancel));
+        if let Err(e) = spawned {
+            let _ = failed.send(Action::Installed(Err(format!("cannot start the install: {e}"))));
+        }
+    }
+}
+
+/// Pulls a model or converts a checkpoint directory into the installed models, then asks for it to be loaded.
+fn install(
+    choice: ModelChoice,
+    data_dir: &std::path::Path,
+    actions: &mpsc::UnboundedSender<Action>,
+    cancel: &AtomicBool,
+) {
+    // Byte counts come per chunk; the screen needs a few a second.
+    let mut last_sent: Option<Instant> = None;
+    let mut on_event = |event: PullEvent| {
+        let partial = match &event {
+            PullEvent::Download(crate::hub::FetchEvent::Progress { done, total, .. })
+            | PullEvent::Converting { done, total, .. } => done < total,
+            _ => false,
+        };
+        if partial && last_sent.is_some_and(|t| t.elapsed() < Duration::from_millis(100)) {
+            return;
+        }
+        last_sent = Some(Instant::now());
+        let _ = actions.send(Action::InstallProgress(event));
+    };
+    let result = match choice {
+        ModelChoice::Pull(name) => {
+            let hub = crate::hub::Hub::from_env();
+            models::pull(&hub, data_dir, &models::PullRequest::new(name), &mut on_event, cancel)
+        }
+        ModelChoice::Checkpoint(dir) | ModelChoice::File(dir) => {
+            let name = models::name_for_checkpoint(&dir);
+            let source = models::ModelSource::Local { dir: dir.clone() };
+            models::install(data_dir, &dir, &name, models::default_quant(), source, None, &mut on_event)
+        }
+    };
+    let outcome = result
+        .map(|pulled| {
+            let model = &pulled.model;
+            let notice = if pulled.up_to_date {
+                format!("{} is installed and up to date", model.name)
+            } else {
+                format!("installed {} ({}, {})", model.name, model.quant, models::human_size(model.size))
+            };
+            (model.path.clone(), notice)
+        })
+        .map_err(|e| e.to_string());
+    if let Err(error) = &outcome {
+        tracing::error!("install: {error}");
+    }
+    let _ = actions.send(Action::Installed(outcome));
 }
 
 async fn next_generation_event(generation: &mut Option<Generation>) -> Option<Result<GenerationEvent, EngineError>> {
@@ -354,26 +452,101 @@ fn terminal_action(event: Event) -> Option<Action> {
     }
 }
 
-fn spawn_model_load(
-    engine: &Engine,
-    path: PathBuf,
-    lora: Option<(PathBuf, f32)>,
-    actions: mpsc::UnboundedSender<Action>,
-) {
-    let engine = engine.clone();
+/// Loads the model for every client of the session (F5).
+fn spawn_model_load(session: &SharedSession, path: PathBuf, actions: mpsc::UnboundedSender<Action>) {
+    let session = session.clone();
     tokio::spawn(async move {
         let progress_actions = actions.clone();
         let progress: crate::engine::LoadProgress = Box::new(move |p| {
             let _ = progress_actions.send(Action::ModelProgress(p));
         });
-        let result = engine.load_model(&path, Some(progress)).await;
+        let result = session.load_model(path, Some(progress)).await;
+        let _ = actions.send(Action::ModelLoaded(result.map(Box::new).map_err(|e| e.to_string())));
+    });
+}
+
+/// At start: uses the model the session has (a shared session keeps the one its editors use), loading `path`
+/// only where there is none, then applies the adapter asked for unless the session applies it already.
+fn spawn_model_attach(
+    session: &SharedSession,
+    path: PathBuf,
+    lora: Option<(PathBuf, f32)>,
+    actions: mpsc::UnboundedSender<Action>,
+) {
+    let session = session.clone();
+    tokio::spawn(async move {
+        let result = session.attach_model(path.clone()).await;
+        let attached_elsewhere = result.as_ref().is_ok_and(|info| !crate::session::same_file(&info.path, &path));
         let loaded = result.is_ok();
         let _ = actions.send(Action::ModelLoaded(result.map(Box::new).map_err(|e| e.to_string())));
-        if let (true, Some((lora, scale))) = (loaded, lora) {
-            let result = engine.set_adapter(&lora, scale).await.map(Some).map_err(|e| e.to_string());
-            let _ = actions.send(Action::AdapterChanged(result));
+        if attached_elsewhere {
+            let _ = actions.send(Action::Notice(format!(
+                "the shared session already serves this model; {} was not loaded (F5 switches everyone to it, \
+                 --standalone loads a private copy)",
+                path.display()
+            )));
+        }
+        let Some((lora, scale)) = lora.filter(|_| loaded) else {
+            // The shared session may apply an adapter already: show it.
+            if let Ok(state) = session.state().await {
+                if state.adapter.is_some() {
+                    let _ = actions.send(Action::AdapterChanged(Ok(state.adapter)));
+                }
+            }
+            return;
+        };
+        let current = session.state().await.ok().and_then(|state| state.adapter);
+        let same = current.as_ref().is_some_and(|a| a.scale == scale && crate::session::same_file(&a.path, &lora));
+        let result = if same { Ok(current) } else { session.set_adapter(lora, scale).await.map(Some) };
+        let _ = actions.send(Action::AdapterChanged(result.map_err(|e| e.to_string())));
+    });
+}
+
+/// Without a model of its own to load, the TUI shows the one the shared session has (an editor may have loaded one).
+fn spawn_session_model(session: &SharedSession, actions: mpsc::UnboundedSender<Action>) {
+    let session = session.clone();
+    tokio::spawn(async move {
+        if let Ok(state) = session.state().await {
+            if let Some(model) = state.model {
+                let _ = actions.send(Action::ModelLoaded(Ok(Box::new(model))));
+                if state.adapter.is_some() {
+                    let _ = actions.send(Action::AdapterChanged(Ok(state.adapter)));
+                }
+            }
         }
     });
+}
+
+/// How often the TUI asks the shared session what its editors are doing.
+const ACTIVITY_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Relays what other clients do to the session (a model or adapter change, the daemon's restarts) and, every
+/// [`ACTIVITY_INTERVAL`], the editors' activity.
+async fn watch_session(session: SharedSession, actions: mpsc::UnboundedSender<Action>) {
+    let mut notices = session.notices();
+    let mut activity = tokio::time::interval(ACTIVITY_INTERVAL);
+    activity.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        let action = tokio::select! {
+            notice = notices.recv() => match notice {
+                Ok(Notice::Model(info)) => Action::ModelLoaded(Ok(Box::new(info))),
+                Ok(Notice::Adapter(adapter)) => Action::AdapterChanged(Ok(adapter)),
+                Ok(Notice::Disconnected(reason)) => Action::Error(reason),
+                Ok(Notice::Reconnected { pid }) => Action::Notice(format!("attached to a new session daemon (pid {pid})")),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            _ = activity.tick() => match session.status().await {
+                Ok(Some(status)) => Action::Activity(status.editor_activity()),
+                // A private session has no editors; a daemon that cannot be reached now shows no activity.
+                Ok(None) => return,
+                Err(_) => Action::Activity(None),
+            },
+        };
+        if actions.send(action).is_err() {
+            return;
+        }
+    }
 }
 
 fn draw(
@@ -387,6 +560,15 @@ fn draw(
     terminal.draw(|frame| report = render::render(app, cache, frame))?;
     crossterm::execute!(terminal.backend_mut(), EndSynchronizedUpdate)?;
     Ok(report)
+}
+
+/// Shows a listing, and says which session files could not be read (after the list, which does not clear it).
+fn send_listing(actions: &mpsc::UnboundedSender<Action>, listing: Listing) {
+    let problem = listing.problem();
+    let _ = actions.send(Action::SessionList(listing.items));
+    if let Some(problem) = problem {
+        let _ = actions.send(Action::Error(problem));
+    }
 }
 
 /// Writes sessions on a thread of its own, in order, keeping only the newest pending version of each.

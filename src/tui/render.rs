@@ -18,6 +18,8 @@ use super::keys::Command;
 use super::markdown::{display_width, render_code_block, render_markdown, wrap_spans, BlockLook};
 use super::session::{format_time, Message, MessageStatus, Role};
 use crate::config::PromptMode;
+use crate::hub::FetchEvent;
+use crate::models::{self, PullEvent};
 
 const SPINNER: [&str; 10] = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"];
 const DIM: Style = Style::new().fg(Color::DarkGray);
@@ -29,6 +31,8 @@ const OK: Style = Style::new().fg(Color::Green);
 
 /// Most lines of a run's output shown under its block.
 const RUN_OUTPUT_LINES: usize = 12;
+/// An error too long for the title bar is shown whole on rows of its own under it, up to this many.
+const MAX_ERROR_ROWS: usize = 6;
 
 #[derive(Clone)]
 struct Entry {
@@ -93,15 +97,18 @@ pub fn render(app: &App, cache: &mut RenderCache, frame: &mut Frame) -> ViewRepo
     }
     let area = frame.area();
     let (input_rows, input_lines, cursor) = input_layout(app, area.width as usize);
-    let [title, body, input, status] = Layout::vertical([
+    let error = long_error_lines(app, area.width as usize);
+    let [title, error_area, body, input, status] = Layout::vertical([
         Constraint::Length(1),
+        Constraint::Length(error.len() as u16),
         Constraint::Min(1),
         Constraint::Length(input_rows as u16 + 1),
         Constraint::Length(1),
     ])
     .areas(area);
 
-    render_title(app, frame, title);
+    render_title(app, frame, title, !error.is_empty());
+    frame.render_widget(Paragraph::new(error).style(BAR), error_area);
     let report = if app.session.messages.is_empty() {
         render_empty(app, frame, body);
         ViewReport { height: body.height as usize, max_scroll: 0, reveal: None, scroll: 0 }
@@ -111,30 +118,68 @@ pub fn render(app: &App, cache: &mut RenderCache, frame: &mut Frame) -> ViewRepo
     render_input(app, frame, input, &input_lines, cursor);
     render_status(app, frame, status);
 
+    // Overlays stay below a long error, so that it is read whole (the error is often about what they show).
+    let below_error = match error_area.height {
+        0 => area,
+        _ => Rect { y: error_area.bottom(), height: area.bottom().saturating_sub(error_area.bottom()), ..area },
+    };
     match &app.overlay {
-        Some(Overlay::Help) => render_help(app, frame, area),
-        Some(Overlay::Sessions(view)) => render_sessions(app, view, frame, area),
+        Some(Overlay::Help) => render_help(app, frame, below_error),
+        Some(Overlay::Sessions(view)) => render_sessions(app, view, frame, below_error),
         None => {}
     }
     if let Some(prompt) = &app.prompt {
-        render_prompt(prompt, frame, area);
+        render_prompt(prompt, frame, below_error);
     }
     report
 }
 
-fn render_title(app: &App, frame: &mut Frame, area: Rect) {
+/// Room for a notice at the right of the title bar.
+fn notice_room(width: usize) -> usize {
+    width.saturating_sub(12).max(1)
+}
+
+const ERROR_TEXT: Style = BAR.fg(Color::LightRed).add_modifier(Modifier::BOLD);
+
+/// An error notice that does not fit in the title bar, wrapped to the screen's width (cut only past
+/// [`MAX_ERROR_ROWS`] rows); nothing when there is no such error.
+fn long_error_lines(app: &App, width: usize) -> Vec<Line<'static>> {
+    let Some(notice) = app.notice.as_ref().filter(|notice| notice.error) else { return Vec::new() };
+    if display_width(&notice.text) <= notice_room(width) {
+        return Vec::new();
+    }
+    let indent = [Span::styled(" ", BAR)];
+    let mut lines = wrap_spans(
+        vec![Span::styled(notice.text.clone(), ERROR_TEXT)],
+        width.saturating_sub(1).max(1),
+        &indent,
+        &indent,
+    );
+    if lines.len() > MAX_ERROR_ROWS {
+        lines.truncate(MAX_ERROR_ROWS);
+        if let Some(last) = lines.last_mut() {
+            last.spans.push(Span::styled("…", ERROR_TEXT));
+        }
+    }
+    lines
+}
+
+/// The title bar: the conversation's title, and a notice or the help key. `error_below`: the notice is an
+/// error shown in full under the bar, so the bar only points at it.
+fn render_title(app: &App, frame: &mut Frame, area: Rect, error_below: bool) {
     let left = format!(" phi-tui │ {}", app.session.display_title());
     let right = match &app.notice {
+        Some(_) if error_below => "error ".to_owned(),
         Some(notice) => notice.text.clone(),
         None => format!("{} help ", app.options.keymap.first(Command::Help)),
     };
     let right_style = match &app.notice {
-        Some(notice) if notice.error => BAR.fg(Color::LightRed).add_modifier(Modifier::BOLD),
+        Some(notice) if notice.error => ERROR_TEXT,
         Some(_) => BAR.fg(Color::LightYellow),
         None => BAR.fg(Color::Gray),
     };
     let width = area.width as usize;
-    let right = super::session::shorten(&right, width.saturating_sub(12).max(1));
+    let right = super::session::shorten(&right, notice_room(width));
     let left_room = width.saturating_sub(display_width(&right) + 1);
     let left = super::session::shorten(&left, left_room);
     let pad = width.saturating_sub(display_width(&left) + display_width(&right));
@@ -313,24 +358,40 @@ fn render_empty(app: &App, frame: &mut Frame, area: Rect) {
     let heading = Style::new().add_modifier(Modifier::BOLD);
     let config = app.options.config_path.to_string_lossy().into_owned();
     let how_to_get_one = |lines: &mut Vec<Line<'static>>| {
-        lines.push(Line::from("phi-tui needs phi-1 as a GGUF file. To make one:"));
-        lines.push(Line::default());
-        lines.push(Line::from(
-            "  1. Download microsoft/phi-1 from Hugging Face (config.json, model.safetensors, tokenizer)",
-        ));
+        let load = keys.first(Command::LoadModel);
+        let first = models::FIRST_MODEL;
         lines.push(Line::from(vec![
-            Span::raw("  2. "),
-            Span::styled("phi-tui convert /path/to/phi-1 -o phi-1.f16.gguf", cmd),
+            Span::styled(format!("{load} then Enter"), cmd),
+            Span::raw(format!(
+                " downloads {} from Hugging Face ({}) and installs it; phi-tui starts with it from then on.",
+                first.name,
+                models::human_size(first.download_bytes)
+            )),
         ]));
-        lines.push(Line::from(vec![Span::raw("  3. "), Span::styled("phi-tui -m phi-1.f16.gguf", cmd)]));
+        lines.push(Line::from(format!(
+            "{load} also takes a GGUF file, a Hugging Face checkpoint directory to convert, or another model: \
+             phi-1_5, phi-2, owner/name."
+        )));
         lines.push(Line::default());
-        lines.push(Line::from("Or set it once in the config file:"));
+        lines.push(Line::from(vec![
+            Span::raw("From a shell: "),
+            Span::styled(format!("phi-tui pull {}", first.name), cmd),
+            Span::raw(" · "),
+            Span::styled("phi-tui models", cmd),
+            Span::raw(" (what is installed)"),
+        ]));
+        lines.push(Line::from(vec![
+            Span::raw("  "),
+            Span::styled("phi-tui convert /path/to/phi-1 -o phi-1.f16.gguf", cmd),
+            Span::raw(" (a checkpoint you have)"),
+        ]));
+        lines.push(Line::default());
+        lines.push(Line::from("Or name the model in the config file (an installed model, or a GGUF's path):"));
         lines.push(Line::from(vec![Span::raw("  "), Span::styled(config.clone(), cmd)]));
-        lines.push(Line::from(vec![Span::raw("  "), Span::styled("model = \"/path/to/phi-1.f16.gguf\"", cmd)]));
+        lines.push(Line::from(vec![Span::raw("  "), Span::styled(format!("model = \"{}\"", first.name), cmd)]));
         lines.push(Line::default());
         lines.push(Line::from(format!(
-            "{} loads a model now · {} lists every key · {} quits",
-            keys.first(Command::LoadModel),
+            "{} lists every key · {} quits",
             keys.first(Command::Help),
             keys.first(Command::Quit)
         )));
@@ -346,6 +407,17 @@ fn render_empty(app: &App, frame: &mut Frame, area: Rect) {
             lines.extend(wrap_spans(vec![Span::styled(error.clone(), ERROR)], area.width as usize, &[], &[]));
             lines.push(Line::default());
             how_to_get_one(&mut lines);
+        }
+        ModelState::Installing { what, event } => {
+            lines.push(Line::from(Span::styled(format!("Installing {what} …"), heading)));
+            lines.push(Line::default());
+            let bar_width = (area.width as usize).saturating_sub(10).min(50);
+            install_progress(event.as_ref(), bar_width, &mut lines);
+            lines.push(Line::default());
+            lines.push(Line::from(format!(
+                "{} stops the download; loading {what} again resumes it.",
+                keys.first(Command::Cancel)
+            )));
         }
         ModelState::Loading { path, progress } => {
             lines.push(Line::from(Span::styled(format!("Loading {} …", path.display()), heading)));
@@ -397,6 +469,40 @@ fn render_empty(app: &App, frame: &mut Frame, area: Rect) {
         })
         .collect();
     frame.render_widget(Paragraph::new(wrapped), area);
+}
+
+/// The lines of an install's progress: what it is doing, and a bar where it counts bytes.
+fn install_progress(event: Option<&PullEvent>, bar_width: usize, lines: &mut Vec<Line<'static>>) {
+    let fraction = |done: u64, total: u64| if total == 0 { 0.0 } else { (done as f64 / total as f64) as f32 };
+    match event {
+        None => lines.push(Line::from("starting…")),
+        Some(PullEvent::Resolving { repo }) => lines.push(Line::from(format!("asking the hub for {repo}…"))),
+        Some(PullEvent::UsingCache { repo, .. }) => {
+            lines.push(Line::from(format!("the hub is out of reach: using {repo} from the Hugging Face cache")))
+        }
+        Some(PullEvent::Download(FetchEvent::Checking { file })) => lines.push(Line::from(format!("checking {file}…"))),
+        Some(PullEvent::Download(FetchEvent::Retrying { file, reason, .. })) => {
+            lines.push(Line::from(format!("{file}: {reason}; resuming…")))
+        }
+        Some(PullEvent::Download(FetchEvent::Corrupt { file })) => {
+            lines.push(Line::from(format!("{file} did not match the hub's hash; fetching it again…")))
+        }
+        Some(PullEvent::Download(FetchEvent::Progress { file, done, total })) => {
+            lines.push(Line::from(format!(
+                "downloading {file} · {} of {}",
+                models::human_size(*done),
+                models::human_size(*total)
+            )));
+            lines.push(progress_bar(fraction(*done, *total), bar_width));
+        }
+        Some(PullEvent::Converting { out_type, done, total }) => {
+            lines.push(Line::from(format!("converting to {out_type}")));
+            lines.push(progress_bar(fraction(*done, *total), bar_width));
+        }
+        Some(PullEvent::Quantizing { out_type }) => {
+            lines.push(Line::from(format!("quantizing to {out_type} with llama.cpp…")))
+        }
+    }
 }
 
 fn progress_bar(progress: f32, width: usize) -> Line<'static> {
@@ -463,6 +569,7 @@ fn render_status(app: &App, frame: &mut Frame, area: Rect) {
         ModelState::Loading { path, progress } => {
             left.push(format!("loading {} {:.0}%", file_name(path), progress * 100.0));
         }
+        ModelState::Installing { what, .. } => left.push(format!("installing {what}")),
         ModelState::Ready(info) => {
             left.push(format!("{} {} {}", info.name, info.file_type, info.device));
             let used = app.context_used.map(|n| n.to_string()).unwrap_or_else(|| "?".to_owned());
@@ -476,6 +583,9 @@ fn render_status(app: &App, frame: &mut Frame, area: Rect) {
         left.push("LoRA …".to_owned());
     } else if let Some(adapter) = &app.adapter {
         left.push(format!("LoRA {} ×{}", file_name(&adapter.path), adapter.scale));
+    }
+    if let Some(activity) = &app.activity {
+        left.push(activity.clone());
     }
     if !app.mouse_captured {
         left.push("mouse off".to_owned());
@@ -492,6 +602,8 @@ fn render_status(app: &App, frame: &mut Frame, area: Rect) {
         format!("{spinner} running [{number}] ")
     } else if matches!(app.model, ModelState::Loading { .. }) {
         format!("{spinner} loading ")
+    } else if matches!(app.model, ModelState::Installing { .. }) {
+        format!("{spinner} installing · {} stops ", app.options.keymap.first(Command::Cancel))
     } else {
         String::new()
     };

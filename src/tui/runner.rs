@@ -1,51 +1,13 @@
 //! Run-and-verify: a Python code block runs in the sandbox together with the doctests written in it, and the
 //! result comes back as one line (passed / failed) and the program's output. Only the run key starts this.
 
-use crate::sandbox::{SandboxLimits, SandboxOutcome, SandboxStatus};
+use crate::sandbox::{doctest_program, SandboxLimits, SandboxOutcome, SandboxStatus, RESULT_MARK, SYNTAX_ERROR_EXIT};
 
 use super::session::RunRecord;
-
-/// The line the runner program prints last, for the TUI to read the doctest counts from.
-const RESULT_MARK: &str = "PHI_TUI_RESULT";
-
-/// Exit status of the runner when the block does not compile.
-const SYNTAX_ERROR_EXIT: i32 = 2;
 
 /// Most output kept in a run record.
 const MAX_OUTPUT_LINES: usize = 40;
 const MAX_OUTPUT_CHARS: usize = 4000;
-
-/// A Python program that imports `code` as the module `block` (so `if __name__ == "__main__":` parts do not run,
-/// as with `python3 -m doctest block.py`), then runs the doctests of its docstrings (module, functions, classes,
-/// methods), and prints a result line. The code travels hex-encoded, so nothing in it can break out of the
-/// runner's own source.
-pub fn doctest_program(code: &str) -> String {
-    let hex: String = code.bytes().map(|b| format!("{b:02x}")).collect();
-    format!(
-        r#"import doctest, sys, types
-source = bytes.fromhex("{hex}").decode("utf-8")
-try:
-    compiled = compile(source, "block.py", "exec")
-except SyntaxError as error:
-    print("SyntaxError:", error)
-    sys.exit({SYNTAX_ERROR_EXIT})
-module = types.ModuleType("block")
-module.__file__ = "block.py"
-sys.modules["block"] = module
-exec(compiled, module.__dict__)
-sys.stdout.flush()
-tests = doctest.DocTestFinder(exclude_empty=True).find(module, "block", module=module)
-runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-for test in sorted(tests, key=lambda t: t.name):
-    runner.run(test)
-if runner.tries == 0:
-    print("{RESULT_MARK} none")
-    sys.exit(0)
-print("{RESULT_MARK}", runner.tries, runner.failures)
-sys.exit(1 if runner.failures else 0)
-"#
-    )
-}
 
 /// What the sandbox reported about one run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -163,13 +125,6 @@ mod tests {
 
     fn outcome(exit: i32, stdout: &str, stderr: &str) -> RawOutcome {
         RawOutcome { exit_code: Some(exit), stdout: stdout.into(), stderr: stderr.into(), ..Default::default() }
-    }
-
-    #[test]
-    fn the_program_carries_the_code_hex_encoded() {
-        let program = doctest_program("print(\"\"\"hi\"\"\")\n");
-        assert!(program.contains("7072696e7428"), "{program}");
-        assert!(!program.contains("print(\"\"\"hi"));
     }
 
     #[test]

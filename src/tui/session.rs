@@ -2,7 +2,6 @@
 //! save through a temporary file and a rename, so a reader (or a crash) never sees half a file.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -270,6 +269,29 @@ impl SessionSummary {
     }
 }
 
+/// Sessions as the list shows them, and the session files that could not be read.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Listing {
+    pub items: Vec<SessionSummary>,
+    /// Why each unreadable file was left out (each names its file).
+    pub unreadable: Vec<String>,
+}
+
+impl Listing {
+    /// What to tell the user about the files that could not be read, if any.
+    pub fn problem(&self) -> Option<String> {
+        match self.unreadable.as_slice() {
+            [] => None,
+            [one] => Some(format!("could not read a conversation: {one}")),
+            [first, rest @ ..] => Some(format!(
+                "could not read {} conversations: {first} (and {} more, in the log)",
+                rest.len() + 1,
+                rest.len()
+            )),
+        }
+    }
+}
+
 /// The session files of one data directory.
 #[derive(Debug, Clone)]
 pub struct SessionStore {
@@ -321,21 +343,8 @@ impl SessionStore {
     pub fn save_bytes(&self, id: &str, json: &[u8]) -> Result<PathBuf, SessionError> {
         let path = self.path_of(id)?;
         std::fs::create_dir_all(&self.dir).map_err(|source| SessionError::Io { path: self.dir.clone(), source })?;
-        let temp = self.dir.join(format!(".{id}.json.tmp-{}", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut file = std::fs::File::create(&temp)?;
-            file.write_all(json)?;
-            file.sync_all()?;
-            std::fs::rename(&temp, &path)
-        };
-        if let Err(source) = write() {
-            let _ = std::fs::remove_file(&temp);
-            return Err(SessionError::Io { path, source });
-        }
-        // Make the rename itself durable where the platform allows it.
-        if let Ok(dir) = std::fs::File::open(&self.dir) {
-            let _ = dir.sync_all();
-        }
+        crate::files::write_atomically(&path, json)
+            .map_err(|source| SessionError::Io { path: path.clone(), source })?;
         Ok(path)
     }
 
@@ -367,32 +376,40 @@ impl SessionStore {
         Ok(session)
     }
 
-    fn all(&self) -> Vec<Session> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
-        let mut sessions: Vec<Session> = entries
+    /// Every readable session, most recently updated first, and why the other files could not be read.
+    fn all(&self) -> (Vec<Session>, Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return (Vec::new(), Vec::new()) };
+        let mut sessions = Vec::new();
+        let mut unreadable = Vec::new();
+        let paths = entries
             .filter_map(Result::ok)
             .map(|entry| entry.path())
-            .filter(|path| path.extension().is_some_and(|e| e == "json") && !is_temp(path))
-            .filter_map(|path| match Self::read(&path) {
-                Ok(session) => Some(session),
+            .filter(|path| path.extension().is_some_and(|e| e == "json") && !is_temp(path));
+        for path in paths {
+            match Self::read(&path) {
+                Ok(session) => sessions.push(session),
                 Err(e) => {
-                    tracing::warn!("skipping {e}");
-                    None
+                    tracing::warn!("cannot list {e}");
+                    unreadable.push(e.to_string());
                 }
-            })
-            .collect();
+            }
+        }
         sessions.sort_by(|a, b| b.updated.cmp(&a.updated).then_with(|| b.id.cmp(&a.id)));
-        sessions
+        unreadable.sort();
+        (sessions, unreadable)
     }
 
-    /// Every readable session, most recently updated first.
-    pub fn list(&self) -> Vec<SessionSummary> {
-        self.all().iter().map(SessionSummary::of).collect()
+    /// Every readable session, most recently updated first, and the files that could not be read.
+    pub fn list(&self) -> Listing {
+        let (sessions, unreadable) = self.all();
+        Listing { items: sessions.iter().map(SessionSummary::of).collect(), unreadable }
     }
 
-    /// Sessions whose title or messages contain `query` (case-insensitive), with the matching line.
-    pub fn search(&self, query: &str) -> Vec<SessionSummary> {
-        self.all()
+    /// Sessions whose title or messages contain `query` (case-insensitive), with the matching line; and the files
+    /// that could not be read.
+    pub fn search(&self, query: &str) -> Listing {
+        let (sessions, unreadable) = self.all();
+        let items = sessions
             .iter()
             .filter_map(|session| {
                 session.search(query).map(|snippet| SessionSummary {
@@ -400,7 +417,8 @@ impl SessionStore {
                     ..SessionSummary::of(session)
                 })
             })
-            .collect()
+            .collect();
+        Listing { items, unreadable }
     }
 
     pub fn rename(&self, id: &str, title: &str) -> Result<Session, SessionError> {
@@ -527,13 +545,23 @@ mod tests {
 
         let list = store.list();
         assert_eq!(
-            list.iter().map(|s| s.title.as_str()).collect::<Vec<_>>(),
+            list.items.iter().map(|s| s.title.as_str()).collect::<Vec<_>>(),
             ["What is a Fibonacci number?", "def add(a, b):"]
         );
+        // The broken file is reported, naming the file, not skipped in silence.
+        assert_eq!(list.unreadable.len(), 1, "{list:?}");
+        let problem = list.problem().unwrap_or_default();
+        assert!(problem.starts_with("could not read a conversation: "), "{problem}");
+        assert!(problem.contains("broken.json"), "{problem}");
         let found = store.search("RETURN A");
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0].id, first.id);
-        assert_eq!(found[0].snippet.as_deref(), Some("return a + b"));
+        assert_eq!(found.items.len(), 1);
+        assert_eq!(found.items[0].id, first.id);
+        assert_eq!(found.items[0].snippet.as_deref(), Some("return a + b"));
+        assert_eq!(found.unreadable, list.unreadable);
+        std::fs::write(store.dir().join("empty.json"), "").unwrap_or_else(|e| panic!("{e}"));
+        let problem = store.list().problem().unwrap_or_default();
+        assert!(problem.starts_with("could not read 2 conversations: ") && problem.contains("1 more"), "{problem}");
+        std::fs::remove_file(store.dir().join("empty.json")).unwrap_or_else(|e| panic!("{e}"));
 
         store.rename(&first.id, "  adding  ").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(store.load(&first.id).unwrap_or_else(|e| panic!("{e}")).title, "adding");

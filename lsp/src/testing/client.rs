@@ -1,6 +1,6 @@
 //! An LSP client for tests: real JSON-RPC framing (Content-Length headers) over an in-memory duplex stream to a
 //! server running [`crate::serve`] with any backend — the [`FakeBackend`](super::FakeBackend) here, the real engine
-//! in the `phi-tui` binary's tests.
+//! in the `phi-tui` binary's tests — or over the pipes of a real `phi-tui lsp` process ([`TestClient::over`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,22 +8,25 @@ use std::time::Duration;
 
 use crate::{serve, CompletionBackend, ServerOptions};
 use serde_json::{json, Value};
-use tokio::io::DuplexStream;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
 
-/// How long a test waits for any one message before it fails.
-pub const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a test waits for any one message before it fails (generous: CI machines are small and busy).
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+type Writer = Arc<Mutex<Box<dyn AsyncWrite + Unpin + Send>>>;
+type Reader = BufReader<Box<dyn AsyncRead + Unpin + Send>>;
 
 pub struct TestClient {
-    writer: Arc<Mutex<WriteHalf<DuplexStream>>>,
+    writer: Writer,
     incoming: mpsc::UnboundedReceiver<Value>,
     /// Responses and notifications that arrived while the test waited for something else.
     responses: HashMap<i64, Value>,
     notifications: Vec<Value>,
     next_id: i64,
-    server: JoinHandle<()>,
+    /// The in-process server; `None` for a server in another process.
+    server: Option<JoinHandle<()>>,
     reader: JoinHandle<()>,
 }
 
@@ -34,18 +37,42 @@ impl TestClient {
         let (server_read, server_write) = tokio::io::split(server_end);
         let server = tokio::spawn(serve(server_read, server_write, backend, options));
         let (client_read, client_write) = tokio::io::split(client_end);
-        let writer = Arc::new(Mutex::new(client_write));
+        let mut client = Self::over(client_read, client_write);
+        client.server = Some(server);
+        client
+    }
+
+    /// A client of a server on the other end of these streams (e.g. a child process's stdout and stdin).
+    pub fn over(
+        input: impl AsyncRead + Unpin + Send + 'static,
+        output: impl AsyncWrite + Unpin + Send + 'static,
+    ) -> Self {
+        let writer: Writer = Arc::new(Mutex::new(Box::new(output)));
         let (sender, incoming) = mpsc::unbounded_channel();
-        let reader = tokio::spawn(read_messages(BufReader::new(client_read), sender, Arc::clone(&writer)));
-        Self { writer, incoming, responses: HashMap::new(), notifications: Vec::new(), next_id: 1, server, reader }
+        let input: Reader = BufReader::new(Box::new(input));
+        let reader = tokio::spawn(read_messages(input, sender, Arc::clone(&writer)));
+        Self {
+            writer,
+            incoming,
+            responses: HashMap::new(),
+            notifications: Vec::new(),
+            next_id: 1,
+            server: None,
+            reader,
+        }
+    }
+
+    /// Sends `initialize` with these `initializationOptions`, then `initialized`.
+    pub async fn initialize(&mut self, init: Value) {
+        let result = self.call("initialize", json!({"capabilities": {}, "initializationOptions": init})).await;
+        assert!(result.get("result").is_some(), "initialize failed: {result}");
+        self.notify("initialized", json!({})).await;
     }
 
     /// Starts a server and initializes it with these `initializationOptions`.
     pub async fn initialized<B: CompletionBackend>(backend: B, options: ServerOptions, init: Value) -> Self {
         let mut client = Self::start(backend, options);
-        let result = client.call("initialize", json!({"capabilities": {}, "initializationOptions": init})).await;
-        assert!(result.get("result").is_some(), "initialize failed: {result}");
-        client.notify("initialized", json!({})).await;
+        client.initialize(init).await;
         client
     }
 
@@ -159,7 +186,9 @@ impl TestClient {
     /// Closes the connection's client-to-server direction, and waits for the server to stop.
     pub async fn hang_up(mut self) {
         self.writer.lock().await.shutdown().await.expect("the stream closes");
-        tokio::time::timeout(TIMEOUT, &mut self.server).await.expect("the server stops at end of input").ok();
+        if let Some(server) = self.server.as_mut() {
+            tokio::time::timeout(TIMEOUT, server).await.expect("the server stops at end of input").ok();
+        }
         self.reader.abort();
     }
 
@@ -168,18 +197,16 @@ impl TestClient {
         let response = self.call("shutdown", Value::Null).await;
         assert!(response.get("error").is_none(), "shutdown failed: {response}");
         self.notify("exit", Value::Null).await;
-        tokio::time::timeout(TIMEOUT, &mut self.server).await.expect("the server stops after exit").ok();
+        if let Some(server) = self.server.as_mut() {
+            tokio::time::timeout(TIMEOUT, server).await.expect("the server stops after exit").ok();
+        }
         self.reader.abort();
     }
 }
 
 /// Reads framed messages from the server; answers the server's own requests (e.g. `client/registerCapability`)
 /// with a null result, and passes everything else on.
-async fn read_messages(
-    mut input: BufReader<ReadHalf<DuplexStream>>,
-    messages: mpsc::UnboundedSender<Value>,
-    writer: Arc<Mutex<WriteHalf<DuplexStream>>>,
-) {
+async fn read_messages(mut input: Reader, messages: mpsc::UnboundedSender<Value>, writer: Writer) {
     while let Some(message) = read_message(&mut input).await {
         if let (Some(id), Some(_)) = (message.get("id"), message.get("method")) {
             let reply = json!({"jsonrpc": "2.0", "id": id, "result": null}).to_string();
@@ -196,7 +223,7 @@ async fn read_messages(
     }
 }
 
-async fn read_message(input: &mut BufReader<ReadHalf<DuplexStream>>) -> Option<Value> {
+async fn read_message(input: &mut Reader) -> Option<Value> {
     let mut length = None;
     loop {
         let mut line = String::new();

@@ -190,7 +190,8 @@ impl CompletionBackend for FakeBackend {
             state.started.fetch_add(1, Ordering::SeqCst);
             let mut guard = CancelGuard { state: Arc::clone(&state), armed: true };
             tokio::time::sleep(reply.delay).await;
-            let (text, hit_token_limit) = generate(&reply.text, &request.stop, request.max_tokens);
+            let (text, hit_token_limit) =
+                generate(&reply.text, &request.stop.clone().into_predicate(), request.max_tokens);
             guard.armed = false;
             state.finished.fetch_add(1, Ordering::SeqCst);
             let prompt_tokens = fake_tokens(&request.prompt).len();
