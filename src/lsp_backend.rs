@@ -21,11 +21,19 @@ pub struct SessionBackend {
     session: SharedSession,
     /// The model this backend last saw loaded: notices about it are news only when it changes.
     known_model: Arc<Mutex<Option<PathBuf>>>,
+    /// How completions draft; prompt lookup by default (each request adds its own reference, the draft hint).
+    drafting: Drafting,
 }
 
 impl SessionBackend {
     pub fn new(session: SharedSession) -> Self {
-        Self { session, known_model: Arc::default() }
+        Self { session, known_model: Arc::default(), drafting: Drafting::Lookup(LookupOptions::default()) }
+    }
+
+    /// Drafts completions as `drafting` says (`phi-tui lsp --draft`).
+    pub fn with_drafting(mut self, drafting: Drafting) -> Self {
+        self.drafting = drafting;
+        self
     }
 
     fn saw_model(&self, info: &ModelInfo) {
@@ -80,17 +88,17 @@ impl CompletionBackend for SessionBackend {
         generate.stop_strings = request.stop_strings;
         generate.stop_rule = Some(request.stop);
         generate.priority = Priority::Interactive;
+        generate.draft = self.drafting.clone();
         let session = self.session.clone();
         async move {
             // Completions repeat the buffer (names, argument lists, the line above, the code below the cursor):
             // prompt lookup drafts them from the prompt and the hint, and greedy verification keeps the text
             // exactly what it would be without. A hint that fails to tokenize only means fewer drafts.
-            let reference = if request.draft_hint.is_empty() {
-                Vec::new()
-            } else {
-                session.tokenize(request.draft_hint, false).await.unwrap_or_default()
-            };
-            generate.draft = Drafting::Lookup(LookupOptions { reference, ..LookupOptions::default() });
+            if let Drafting::Lookup(options) = &mut generate.draft {
+                if !request.draft_hint.is_empty() {
+                    options.reference = session.tokenize(request.draft_hint, false).await.unwrap_or_default();
+                }
+            }
             // The stream cancels the engine's work when dropped, so dropping this future (a `$/cancelRequest`, a
             // superseding keystroke) stops decoding within one step, in this process or in the daemon.
             let generation = session.generate(generate);

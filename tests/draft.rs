@@ -376,4 +376,26 @@ async fn lsp_completions_draft_from_the_text_after_the_cursor() {
     let unhinted = complete(String::new()).await.unwrap();
     assert_eq!(unhinted.text, plain.text);
     assert!(unhinted.accepted_tokens < hinted.accepted_tokens, "{unhinted:?}");
+
+    // `phi-tui lsp --draft off`: no drafts, hint or not.
+    let backend = backend.with_drafting(Drafting::Off);
+    let off = backend
+        .complete(CompletionRequest {
+            prompt: prompt.clone(),
+            max_tokens: 24,
+            stop,
+            stop_strings: Vec::new(),
+            draft_hint: plain.text.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(off.text, plain.text);
+    assert_eq!((off.drafted_tokens, off.accepted_tokens), (0, 0));
+}
+
+#[test]
+fn lsp_refuses_drafting_settings_out_of_bounds() {
+    let (ok, _, stderr) = phi_tui(&["lsp", "--standalone", "--draft-max", "0", "--log-file", "/dev/null"]);
+    assert!(!ok);
+    assert!(stderr.contains("draft length must be between 1 and"), "{stderr}");
 }

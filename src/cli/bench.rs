@@ -233,7 +233,7 @@ async fn compare_drafting(
         prompt.len(),
         args.n_gen
     );
-    let drafting = args.lookup.drafting(DraftMode::Lookup);
+    let drafting = args.lookup.drafting(DraftMode::Lookup)?;
     let run = |draft: Drafting| {
         let mut request = GenerateRequest::new(SequenceId(0), Prompt::Tokens(prompt.clone()));
         request.max_tokens = args.n_gen + 1;

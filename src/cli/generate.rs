@@ -119,7 +119,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
             seed: args.seed,
             ..SamplingParams::default()
         };
-        request.draft = args.lookup.drafting(args.draft);
+        request.draft = args.lookup.drafting(args.draft)?;
         let mut generation = engine.generate(request);
         let mut stdout = std::io::stdout().lock();
         while let Some(event) = generation.next().await {

@@ -241,15 +241,21 @@ struct LookupArgs {
 }
 
 impl LookupArgs {
-    fn drafting(&self, mode: DraftMode) -> Drafting {
-        match mode {
+    /// The drafting `mode` asks for with these settings; settings out of bounds are an error, before any model loads.
+    fn drafting(&self, mode: DraftMode) -> anyhow::Result<Drafting> {
+        Ok(match mode {
             DraftMode::Off => Drafting::Off,
-            DraftMode::Lookup => Drafting::Lookup(LookupOptions {
-                ngram: self.draft_ngram,
-                min_ngram: self.draft_ngram_min,
-                max_draft: self.draft_max,
-                ..LookupOptions::default()
-            }),
-        }
+            DraftMode::Lookup => {
+                let options = LookupOptions {
+                    ngram: self.draft_ngram,
+                    min_ngram: self.draft_ngram_min,
+                    max_draft: self.draft_max,
+                    ..LookupOptions::default()
+                };
+                // No reference tokens yet, so any vocabulary will do.
+                options.validate(i32::MAX).map_err(|e| anyhow::anyhow!("--draft lookup: {e}"))?;
+                Drafting::Lookup(options)
+            }
+        })
     }
 }

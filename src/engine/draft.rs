@@ -53,7 +53,8 @@ pub(crate) const MAX_NGRAM: u32 = 16;
 pub(crate) const MAX_DRAFT: u32 = 64;
 
 impl LookupOptions {
-    pub(crate) fn validate(&self, n_vocab: i32) -> Result<(), String> {
+    /// Checks the sizes against their bounds and the reference tokens against a vocabulary of `n_vocab`.
+    pub fn validate(&self, n_vocab: i32) -> Result<(), String> {
         if !(1..=MAX_NGRAM).contains(&self.ngram) {
             return Err(format!("the n-gram size must be between 1 and {MAX_NGRAM}, got {}", self.ngram));
         }

@@ -550,6 +550,7 @@ impl Worker {
         }
 
         let end = (common + self.options.batch_size as usize).min(target_len);
+        self.last_used[seq] = steps;
         // A generation step (only the last token to decode) may decode a draft along with it.
         if !in_prompt && common + 1 == target_len {
             let batch_size = self.options.batch_size as usize;
@@ -571,7 +572,6 @@ impl Worker {
                 return;
             }
         }
-        self.last_used[seq] = steps;
         if let Err(e) = self.decode_making_room(ctx, batch, seq) {
             // The sequence's state is unknown after a failed decode: drop it.
             let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
