@@ -11,7 +11,7 @@ use futures::{FutureExt, StreamExt};
 use phi_lsp::{BackendError, BackendNotice, Completion, CompletionBackend, CompletionRequest, FimTokens, ModelSummary};
 use tokio::sync::broadcast;
 
-use crate::engine::{EngineError, ModelInfo, Priority, Prompt, StopReason};
+use crate::engine::{Drafting, EngineError, LookupOptions, ModelInfo, Priority, Prompt, StopReason};
 use crate::session::{same_file, Notice, SessionRequest, SharedSession};
 
 /// Completes on the session handle's own sequence, at interactive priority, so that a keystroke's completion
@@ -21,11 +21,19 @@ pub struct SessionBackend {
     session: SharedSession,
     /// The model this backend last saw loaded: notices about it are news only when it changes.
     known_model: Arc<Mutex<Option<PathBuf>>>,
+    /// How completions draft; prompt lookup by default (each request adds its own reference, the draft hint).
+    drafting: Drafting,
 }
 
 impl SessionBackend {
     pub fn new(session: SharedSession) -> Self {
-        Self { session, known_model: Arc::default() }
+        Self { session, known_model: Arc::default(), drafting: Drafting::Lookup(LookupOptions::default()) }
+    }
+
+    /// Drafts completions as `drafting` says (`phi-tui lsp --draft`).
+    pub fn with_drafting(mut self, drafting: Drafting) -> Self {
+        self.drafting = drafting;
+        self
     }
 
     fn saw_model(&self, info: &ModelInfo) {
@@ -80,10 +88,20 @@ impl CompletionBackend for SessionBackend {
         generate.stop_strings = request.stop_strings;
         generate.stop_rule = Some(request.stop);
         generate.priority = Priority::Interactive;
-        // The stream cancels the engine's work when dropped, so dropping this future (a `$/cancelRequest`, a
-        // superseding keystroke) stops decoding within one step, in this process or in the daemon.
-        let generation = self.session.generate(generate);
+        generate.draft = self.drafting.clone();
+        let session = self.session.clone();
         async move {
+            // Completions repeat the buffer (names, argument lists, the line above, the code below the cursor):
+            // prompt lookup drafts them from the prompt and the hint, and greedy verification keeps the text
+            // exactly what it would be without. A hint that fails to tokenize only means fewer drafts.
+            if let Drafting::Lookup(options) = &mut generate.draft {
+                if !request.draft_hint.is_empty() {
+                    options.reference = session.tokenize(request.draft_hint, false).await.unwrap_or_default();
+                }
+            }
+            // The stream cancels the engine's work when dropped, so dropping this future (a `$/cancelRequest`, a
+            // superseding keystroke) stops decoding within one step, in this process or in the daemon.
+            let generation = session.generate(generate);
             let summary = generation.finish().await.map_err(backend_error)?;
             Ok(Completion {
                 text: summary.text,
@@ -93,6 +111,8 @@ impl CompletionBackend for SessionBackend {
                 queue_ms: summary.timings.queue_ms,
                 prompt_ms: summary.timings.prompt_ms,
                 gen_ms: summary.timings.gen_ms,
+                drafted_tokens: summary.timings.drafted,
+                accepted_tokens: summary.timings.draft_accepted,
             })
         }
         .boxed()

@@ -440,8 +440,47 @@ fn kill(pid: u32, signal: &str) {
     assert!(status.success());
 }
 
+/// Drafting crosses the socket: an editor's completion drafts in the daemon (from the code after the cursor, sent as
+/// the request's draft setting), its text is the plain one, and the draft counts come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_draft_in_the_daemon() {
+    use phi_lsp::stop::StopRule;
+    use phi_lsp::{CompletionBackend, CompletionRequest};
+    use phi_tui::engine::Drafting;
+    use phi_tui::lsp_backend::SessionBackend;
+
+    let dirs = Dirs::new();
+    let session = dirs.session(ClientKind::Editor);
+    session.attach_model(converted("tiny-phi", OutType::F16)).await.unwrap();
+    // The chat's code-mode rule: the completion ends where the definition does, with or without drafts.
+    let stop = StopRule::EndOfDefinition { prompt: SOURCE.to_owned() };
+    let mut plain = SessionRequest::new(Prompt::Text(SOURCE.to_owned()));
+    plain.max_tokens = 16;
+    plain.stop_rule = Some(stop.clone());
+    plain.draft = Drafting::Off;
+    let plain = session.generate(plain).finish().await.unwrap();
+    assert!(plain.tokens.len() > 4 && plain.timings.drafted == 0, "{plain:?}");
+
+    let backend = SessionBackend::new(shared(session));
+    let completion = backend
+        .complete(CompletionRequest {
+            prompt: SOURCE.to_owned(),
+            max_tokens: 16,
+            stop,
+            stop_strings: Vec::new(),
+            // The code after the cursor re-types the completion.
+            draft_hint: plain.text.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(completion.text, plain.text);
+    assert!(
+        completion.accepted_tokens > 0 && completion.drafted_tokens >= completion.accepted_tokens,
+        "{completion:?}"
+    );
+}
+
 // The client type must be usable behind the session seam.
-#[allow(dead_code)]
 fn shared(session: DaemonSession) -> Arc<dyn InferenceSession> {
     Arc::new(session)
 }

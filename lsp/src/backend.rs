@@ -99,6 +99,10 @@ pub struct CompletionRequest {
     pub stop: StopRule,
     /// The generation ends before any of these; the returned text contains none of them.
     pub stop_strings: Vec<String>,
+    /// Text the completion is likely to repeat without it being in the prompt: the code after the cursor (an edit
+    /// often re-types what follows it). A backend that drafts tokens ahead may draft them from here; the
+    /// completion itself must not depend on it.
+    pub draft_hint: String,
 }
 
 impl fmt::Debug for CompletionRequest {
@@ -107,6 +111,7 @@ impl fmt::Debug for CompletionRequest {
             .field("prompt", &self.prompt)
             .field("max_tokens", &self.max_tokens)
             .field("stop_strings", &self.stop_strings)
+            .field("draft_hint", &self.draft_hint)
             .finish_non_exhaustive()
     }
 }
@@ -128,6 +133,10 @@ pub struct Completion {
     pub prompt_ms: f64,
     /// Time spent generating.
     pub gen_ms: f64,
+    /// Tokens the backend guessed ahead (speculative drafting) and the model checked.
+    pub drafted_tokens: usize,
+    /// Guessed tokens the model confirmed.
+    pub accepted_tokens: usize,
 }
 
 /// Why a backend call failed.

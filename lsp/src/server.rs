@@ -639,6 +639,7 @@ impl<B: CompletionBackend> Inner<B> {
             max_tokens,
             stop: StopRule::Block(StopRules::clone(&rules)),
             stop_strings: stop_strings.unwrap_or_default(),
+            draft_hint: draft_hint(&request.document.text[request.cursor..]),
         };
         let completion = match self.backend.complete(completion_request).await {
             Ok(completion) => completion,
@@ -666,6 +667,8 @@ impl<B: CompletionBackend> Inner<B> {
             queue_ms = completion.queue_ms,
             prompt_ms = completion.prompt_ms,
             gen_ms = completion.gen_ms,
+            drafted_tokens = completion.drafted_tokens,
+            accepted_tokens = completion.accepted_tokens,
             generated_chars = completion.text.len(),
             suggested_chars = suggestion.as_ref().map_or(0, String::len),
             total_ms = ms(request.started.elapsed()),
@@ -810,6 +813,18 @@ fn display_name(uri: &str, root: Option<&str>) -> String {
     uri.strip_prefix("file://").unwrap_or(uri).to_owned()
 }
 
+/// The most text after the cursor handed to the backend as a drafting hint: what an edit may re-type soon.
+const DRAFT_HINT_BYTES: usize = 4096;
+
+/// The start of the text after the cursor, at most [`DRAFT_HINT_BYTES`], cut at a character boundary.
+fn draft_hint(after: &str) -> String {
+    let mut end = after.len().min(DRAFT_HINT_BYTES);
+    while !after.is_char_boundary(end) {
+        end -= 1;
+    }
+    after[..end].to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -827,6 +842,15 @@ mod tests {
         assert_eq!(label_of("  x + 1 "), "x + 1");
         let long = "a".repeat(100);
         assert_eq!(label_of(&long).chars().count(), LABEL_MAX_CHARS);
+    }
+
+    #[test]
+    fn the_draft_hint_is_the_start_of_the_text_after_the_cursor() {
+        assert_eq!(draft_hint("x = 1\n"), "x = 1\n");
+        let long = "é".repeat(DRAFT_HINT_BYTES);
+        let hint = draft_hint(&long);
+        assert!(hint.len() <= DRAFT_HINT_BYTES && hint.len() + 2 > DRAFT_HINT_BYTES);
+        assert!(long.starts_with(&hint));
     }
 
     #[test]

@@ -2,16 +2,33 @@
 //! llama-bench does — one warm-up, then the median of several runs, each from an empty cache. As in pbench (the raw
 //! llama.h harness in tests/bench), each tg run generates right after its pp run's prompt, so engine and raw
 //! numbers compare at the same depth of the KV cache.
+//!
+//! With `--draft lookup` it also generates greedily from a few workloads (code that repeats itself, and prose that
+//! does not), once with prompt-lookup drafting and once without, and compares the two: speed, acceptance of the
+//! drafts, and whether the tokens are the same (they must be).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use phi_tui::engine::{Engine, GenerateRequest, ModelInfo, Prompt, SequenceId, Timings, TokenId};
+use phi_tui::engine::{
+    Drafting, Engine, GenerateRequest, GenerationSummary, ModelInfo, Prompt, SequenceId, Timings, TokenId,
+};
 use serde::Serialize;
 
-use super::RuntimeArgs;
+use super::{DraftMode, LookupArgs, RuntimeArgs};
+
+/// The built-in workloads of `--draft lookup`: a file whose next function mirrors the ones before it, a refactor of
+/// repeated lines, and prose with no repetition.
+const WORKLOADS: [(&str, &str); 3] = [
+    ("code-edit", include_str!("bench_workloads/code_edit.py")),
+    ("refactor", include_str!("bench_workloads/refactor.py")),
+    ("prose", include_str!("bench_workloads/prose.txt")),
+];
+
+/// Context for the workloads' prompts (phi's training context).
+const WORKLOAD_CONTEXT: u32 = 2048;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -31,6 +48,14 @@ pub struct BenchArgs {
     /// Print one JSON object
     #[arg(long)]
     json: bool,
+    /// `lookup` also compares generation with and without prompt-lookup drafting on the workloads
+    #[arg(long, value_enum, default_value_t = DraftMode::Off)]
+    draft: DraftMode,
+    #[command(flatten)]
+    lookup: LookupArgs,
+    /// With --draft lookup: a prompt file to use as a workload instead of the built-in ones (repeatable)
+    #[arg(long = "workload")]
+    workloads: Vec<PathBuf>,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -50,6 +75,33 @@ struct BenchReport {
     tg_tok_s: f64,
     pp_runs_tok_s: Vec<f64>,
     tg_runs_tok_s: Vec<f64>,
+    /// With `--draft lookup`: each workload with and without drafting.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    draft: Vec<DraftComparison>,
+}
+
+/// One workload generated greedily without drafting and with it.
+#[derive(Serialize)]
+struct DraftComparison {
+    workload: String,
+    prompt_tokens: usize,
+    n_gen: u32,
+    /// Median generation speed over the measured runs.
+    plain_tok_s: f64,
+    lookup_tok_s: f64,
+    /// `lookup_tok_s / plain_tok_s`.
+    speedup: f64,
+    /// Draft tokens checked and confirmed in one run (every run drafts the same).
+    drafted: usize,
+    accepted: usize,
+    acceptance: f64,
+    /// Whether every drafting run generated exactly the plain runs' tokens.
+    identical: bool,
+    /// Where the tokens first differed, if they did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_difference: Option<usize>,
+    plain_runs_tok_s: Vec<f64>,
+    lookup_runs_tok_s: Vec<f64>,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -57,8 +109,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     // pp runs decode the whole prompt in one batch, as llama-bench does.
     options.batch_size = options.batch_size.max(args.n_prompt);
     // The prompt, the generated tokens, and room to sample one more.
-    let needed = args.n_prompt + args.n_gen + 1;
+    let mut needed = args.n_prompt + args.n_gen + 1;
+    if args.draft == DraftMode::Lookup {
+        needed = needed.max(WORKLOAD_CONTEXT);
+    }
     options.context_size = Some(options.context_size.unwrap_or(needed).max(needed));
+    let workloads = workloads(&args.workloads)?;
     let model = super::model_path(args.model.as_deref())?;
     let engine = Engine::start(options)?;
     let report = super::runtime()?.block_on(async {
@@ -81,6 +137,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 tg.push(tg_speed);
             }
         }
+        let mut draft = Vec::new();
+        if args.draft == DraftMode::Lookup {
+            for (name, text) in &workloads {
+                draft.push(compare_drafting(&engine, &args, &info, name, text).await?);
+            }
+        }
         anyhow::Ok(BenchReport {
             model: info.name.clone(),
             file_type: info.file_type.clone(),
@@ -95,6 +157,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             tg_tok_s: median(&tg),
             pp_runs_tok_s: pp,
             tg_runs_tok_s: tg,
+            draft,
         })
     })?;
     if args.json {
@@ -106,6 +169,25 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         );
         println!("pp{:<6} {:>10.2} tok/s", report.n_prompt, report.pp_tok_s);
         println!("tg{:<6} {:>10.2} tok/s", report.n_gen, report.tg_tok_s);
+        if !report.draft.is_empty() {
+            println!(
+                "\n{:<12} {:>7} {:>12} {:>12} {:>8} {:>11} {:>10}",
+                "workload", "prompt", "plain tok/s", "lookup tok/s", "speedup", "acceptance", "identical"
+            );
+        }
+        for row in &report.draft {
+            println!(
+                "{:<12} {:>7} {:>12.2} {:>12.2} {:>7.2}x {:>5}/{:<5} {:>10}",
+                row.workload,
+                row.prompt_tokens,
+                row.plain_tok_s,
+                row.lookup_tok_s,
+                row.speedup,
+                row.accepted,
+                row.drafted,
+                row.first_difference.map_or_else(|| "yes".to_owned(), |at| format!("NO (at {at})"))
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -118,6 +200,83 @@ async fn timed(engine: &Engine, prompt: Vec<TokenId>, max_tokens: u32) -> anyhow
     request.stop_at_eog = false;
     let summary = engine.generate(request).finish().await?;
     Ok(summary.timings)
+}
+
+/// The workloads' names and prompts: the files given, else the built-in ones.
+fn workloads(files: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
+    if files.is_empty() {
+        return Ok(WORKLOADS.iter().map(|&(name, text)| (name.to_owned(), text.to_owned())).collect());
+    }
+    files
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let name = path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into());
+            Ok((name, text))
+        })
+        .collect()
+}
+
+/// Generates `n_gen` tokens greedily from one workload, alternately without and with drafting: a warm-up each
+/// (which also leaves the prompt cached, so the measured runs decode only its last token), then the medians of
+/// `repetitions` runs.
+async fn compare_drafting(
+    engine: &Engine,
+    args: &BenchArgs,
+    info: &ModelInfo,
+    name: &str,
+    text: &str,
+) -> anyhow::Result<DraftComparison> {
+    let prompt = engine.tokenize(text, true).await?;
+    let room = info.context_size as usize;
+    anyhow::ensure!(
+        prompt.len() + (args.n_gen as usize) < room,
+        "workload {name}: {} prompt tokens and {} to generate do not fit the context of {room}",
+        prompt.len(),
+        args.n_gen
+    );
+    let drafting = args.lookup.drafting(DraftMode::Lookup)?;
+    let run = |draft: Drafting| {
+        let mut request = GenerateRequest::new(SequenceId(0), Prompt::Tokens(prompt.clone()));
+        request.max_tokens = args.n_gen + 1;
+        request.stop_at_eog = false;
+        request.draft = draft;
+        engine.generate(request).finish()
+    };
+    let mut plain_runs = Vec::new();
+    let mut lookup_runs = Vec::new();
+    let mut first_difference: Option<usize> = None;
+    let mut last_lookup: Option<GenerationSummary> = None;
+    for repetition in 0..=args.repetitions {
+        let plain = run(Drafting::Off).await?;
+        let lookup = run(drafting.clone()).await?;
+        if plain.tokens != lookup.tokens {
+            let at = plain.tokens.iter().zip(&lookup.tokens).take_while(|(a, b)| a == b).count();
+            first_difference = Some(first_difference.map_or(at, |earlier| earlier.min(at)));
+        }
+        if repetition > 0 {
+            plain_runs.push(plain.timings.gen_tok_s());
+            lookup_runs.push(lookup.timings.gen_tok_s());
+        }
+        last_lookup = Some(lookup);
+    }
+    let timings = last_lookup.map(|summary| summary.timings).unwrap_or_default();
+    let (plain_tok_s, lookup_tok_s) = (median(&plain_runs), median(&lookup_runs));
+    Ok(DraftComparison {
+        workload: name.to_owned(),
+        prompt_tokens: prompt.len(),
+        n_gen: args.n_gen,
+        plain_tok_s,
+        lookup_tok_s,
+        speedup: if plain_tok_s > 0.0 { lookup_tok_s / plain_tok_s } else { 0.0 },
+        drafted: timings.drafted,
+        accepted: timings.draft_accepted,
+        acceptance: timings.draft_acceptance(),
+        identical: first_difference.is_none(),
+        first_difference,
+        plain_runs_tok_s: plain_runs,
+        lookup_runs_tok_s: lookup_runs,
+    })
 }
 
 /// Fixed pseudo-random ordinary tokens: speed does not depend on which tokens they are, and fixed ones make runs

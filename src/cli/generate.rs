@@ -9,7 +9,7 @@ use clap::Args;
 use phi_tui::engine::{Engine, GenerateRequest, GenerationEvent, Prompt, SamplingParams, SequenceId, StopReason};
 use serde::Serialize;
 
-use super::RuntimeArgs;
+use super::{DraftMode, LookupArgs, RuntimeArgs};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -59,6 +59,11 @@ pub struct GenerateArgs {
     /// Print one JSON object with the tokens, text and timings instead of streaming text
     #[arg(long)]
     json: bool,
+    /// Speculative drafting, for greedy generation: the same tokens, in fewer decodes
+    #[arg(long, value_enum, default_value_t = DraftMode::Lookup)]
+    draft: DraftMode,
+    #[command(flatten)]
+    lookup: LookupArgs,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -81,6 +86,9 @@ struct JsonTimings {
     gen_ms: f64,
     prompt_tok_s: f64,
     gen_tok_s: f64,
+    /// Draft tokens the model checked, and those it confirmed.
+    drafted: usize,
+    draft_accepted: usize,
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
@@ -109,6 +117,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
             seed: args.seed,
             ..SamplingParams::default()
         };
+        request.draft = args.lookup.drafting(args.draft)?;
         let mut generation = engine.generate(request);
         let mut stdout = std::io::stdout().lock();
         while let Some(event) = generation.next().await {
@@ -133,6 +142,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
                                 gen_ms: timings.gen_ms,
                                 prompt_tok_s: timings.prompt_tok_s(),
                                 gen_tok_s: timings.gen_tok_s(),
+                                drafted: timings.drafted,
+                                draft_accepted: timings.draft_accepted,
                             },
                         };
                         serde_json::to_writer(&mut stdout, &output)?;

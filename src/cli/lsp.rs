@@ -10,7 +10,7 @@ use phi_tui::config::{self, Config};
 use phi_tui::lsp_backend::SessionBackend;
 use phi_tui::session::ClientKind;
 
-use super::RuntimeArgs;
+use super::{DraftMode, LookupArgs, RuntimeArgs};
 
 #[derive(Args, Debug)]
 pub struct LspArgs {
@@ -26,6 +26,11 @@ pub struct LspArgs {
     /// Load the model in this process instead of sharing the session daemon's (and the TUI's) model
     #[arg(long)]
     standalone: bool,
+    /// Speculative drafting of completions: the same text, in fewer decodes
+    #[arg(long, value_enum, default_value_t = DraftMode::Lookup)]
+    draft: DraftMode,
+    #[command(flatten)]
+    lookup: LookupArgs,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -44,12 +49,13 @@ pub fn run(args: LspArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings { model: phi_tui::models::default_model(&config), ..Settings::default() };
     let session = super::serve::session_for(ClientKind::Editor, &args.runtime, args.standalone)?;
     let options = ServerOptions { model: args.model, settings };
+    let drafting = args.lookup.drafting(args.draft)?;
     tracing::info!(log = %log_file.display(), "phi-tui lsp starting");
     // Several threads: the protocol keeps answering (cancellations, other documents) while a request waits.
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?
-        .block_on(phi_lsp::serve_stdio(SessionBackend::new(session), options));
+        .block_on(phi_lsp::serve_stdio(SessionBackend::new(session).with_drafting(drafting), options));
     Ok(ExitCode::SUCCESS)
 }

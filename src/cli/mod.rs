@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use phi_tui::config::Config;
-use phi_tui::engine::{EngineOptions, FlashAttention};
+use phi_tui::engine::{Drafting, EngineOptions, FlashAttention, LookupOptions};
 
 #[derive(Parser)]
 #[command(
@@ -234,4 +234,47 @@ fn no_model_guidance() -> String {
 /// A small runtime for the subcommands that await the engine.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+/// Speculative drafting: `--draft off|lookup`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum DraftMode {
+    /// One token per decode
+    Off,
+    /// Prompt lookup: draft the tokens that followed the latest n-gram before, verify them in one decode
+    Lookup,
+}
+
+/// Prompt lookup's settings, for the subcommands that draft.
+#[derive(Args, Debug, Clone)]
+struct LookupArgs {
+    /// The longest n-gram prompt lookup matches (shorter ones are tried after it)
+    #[arg(long, default_value_t = LookupOptions::default().ngram)]
+    draft_ngram: u32,
+    /// The shortest n-gram prompt lookup matches
+    #[arg(long, default_value_t = LookupOptions::default().min_ngram)]
+    draft_ngram_min: u32,
+    /// Tokens drafted per step at most
+    #[arg(long, default_value_t = LookupOptions::default().max_draft)]
+    draft_max: u32,
+}
+
+impl LookupArgs {
+    /// The drafting `mode` asks for with these settings; settings out of bounds are an error, before any model loads.
+    fn drafting(&self, mode: DraftMode) -> anyhow::Result<Drafting> {
+        Ok(match mode {
+            DraftMode::Off => Drafting::Off,
+            DraftMode::Lookup => {
+                let options = LookupOptions {
+                    ngram: self.draft_ngram,
+                    min_ngram: self.draft_ngram_min,
+                    max_draft: self.draft_max,
+                    ..LookupOptions::default()
+                };
+                // No reference tokens yet, so any vocabulary will do.
+                options.validate(i32::MAX).map_err(|e| anyhow::anyhow!("--draft lookup: {e}"))?;
+                Drafting::Lookup(options)
+            }
+        })
+    }
 }

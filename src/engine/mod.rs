@@ -9,8 +9,10 @@
 //! names its sequence; the engine reuses the longest common token prefix already cached there and decodes only the
 //! rest. Generation runs step by step (a prompt chunk or one token per step); between two steps the worker reads
 //! new commands, so cancellation lands within one step and a higher-[`Priority`] request preempts a running one,
-//! which later resumes from its cached state.
+//! which later resumes from its cached state. A greedy request may draft ([`Drafting`]): a step then decodes the
+//! last token with a guess of the next ones and keeps what the model confirms — the same tokens, in fewer steps.
 
+mod draft;
 mod ffi;
 mod sampling;
 mod text;
@@ -27,6 +29,7 @@ use std::sync::{mpsc as std_mpsc, Arc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+pub use draft::{Drafting, LookupOptions};
 pub use ffi::{llama_cpp_version, quantize_model, QuantizeError};
 pub use sampling::SamplingParams;
 pub use text::StopPredicate;
@@ -64,6 +67,8 @@ pub enum EngineError {
     InvalidSequence { sequence: u32, sequences: u32 },
     #[error("invalid sampling parameters: {0}")]
     InvalidSampling(String),
+    #[error("invalid drafting options: {0}")]
+    InvalidDraft(String),
     #[error("llama.cpp failed to decode: {0}")]
     Decode(String),
     #[error("the request was cancelled")]
@@ -255,6 +260,8 @@ pub struct GenerateRequest {
     pub priority: Priority,
     /// Also return the logits at the last prompt position.
     pub return_logits: bool,
+    /// Speculative drafting (greedy requests only): the same tokens, in fewer decodes.
+    pub draft: Drafting,
 }
 
 impl GenerateRequest {
@@ -269,6 +276,7 @@ impl GenerateRequest {
             stop_at_eog: true,
             priority: Priority::default(),
             return_logits: false,
+            draft: Drafting::Off,
         }
     }
 }
@@ -283,6 +291,7 @@ impl fmt::Debug for GenerateRequest {
             .field("stop_strings", &self.stop_strings)
             .field("stop_predicate", &self.stop_predicate.is_some())
             .field("priority", &self.priority)
+            .field("draft", &self.draft)
             .finish()
     }
 }
@@ -309,8 +318,16 @@ pub struct Timings {
     /// Prompt tokens decoded (the reused prefix is not counted).
     pub prompt_tokens_decoded: usize,
     /// Generated tokens decoded. The last generated token is sampled but never decoded, so this is one less
-    /// than the tokens generated; `gen_ms` covers exactly these decodes (plus sampling).
+    /// than the tokens generated; `gen_ms` covers exactly these decodes (plus sampling). Draft tokens the model
+    /// rejected are not counted (their decode time is).
     pub gen_tokens_decoded: usize,
+    /// Draft tokens the model checked (see [`Drafting`]). (Defaults: a daemon or client that does not draft
+    /// sends neither.)
+    #[serde(default)]
+    pub drafted: usize,
+    /// Draft tokens the model confirmed: generated tokens that took no step of their own.
+    #[serde(default)]
+    pub draft_accepted: usize,
 }
 
 impl Timings {
@@ -320,6 +337,15 @@ impl Timings {
 
     pub fn gen_tok_s(&self) -> f64 {
         per_second(self.gen_tokens_decoded, self.gen_ms)
+    }
+
+    /// The share of draft tokens the model confirmed; 0 without drafts.
+    pub fn draft_acceptance(&self) -> f64 {
+        if self.drafted > 0 {
+            self.draft_accepted as f64 / self.drafted as f64
+        } else {
+            0.0
+        }
     }
 }
 

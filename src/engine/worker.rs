@@ -18,6 +18,7 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::{DecodeError, LlamaBackendDeviceType, LogOptions};
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 
+use super::draft::{Drafter, Drafting};
 use super::text::{TextStop, TextStream};
 use super::validate::{self, AdapterFacts, ModelFacts};
 use super::{
@@ -216,6 +217,8 @@ struct Job {
     sampler: LlamaSampler,
     /// Greedy without penalties: the argmax of the logits, taken directly (see [`argmax`]).
     plain_greedy: bool,
+    /// Guesses tokens ahead for [`speculative_step`]; only plain greedy jobs have one.
+    drafter: Option<Drafter>,
     text: TextStream,
     events: EventSender,
     submitted: Instant,
@@ -519,6 +522,16 @@ impl Worker {
         if prompt.len() > context_size {
             return Err(EngineError::PromptTooLong { prompt_tokens: prompt.len(), context_size });
         }
+        let plain_greedy = request.sampling.is_greedy() && request.sampling.repeat_penalty == 1.0;
+        let drafter = match request.draft {
+            Drafting::Off => None,
+            Drafting::Lookup(options) => {
+                options.validate(session.info.n_vocab).map_err(EngineError::InvalidDraft)?;
+                // Sampled tokens cannot be checked against a draft without changing their distribution; those
+                // jobs decode one token at a time.
+                plain_greedy.then(|| Drafter::new(options))
+            }
+        };
         let mut sampler = request.sampling.build(session.info.n_vocab);
         if request.sampling.repeat_penalty != 1.0 {
             // The penalty looks at recent tokens, the prompt's included, as llama.cpp's own tools do.
@@ -534,7 +547,8 @@ impl Worker {
             prompt,
             generated: Vec::new(),
             sampler,
-            plain_greedy: request.sampling.is_greedy() && request.sampling.repeat_penalty == 1.0,
+            plain_greedy,
+            drafter,
             text: TextStream::new(request.stop_strings, request.stop_predicate),
             events,
             submitted: Instant::now(),
@@ -603,6 +617,19 @@ impl Worker {
         }
 
         let end = (common + self.options.batch_size as usize).min(target_len);
+        self.last_used[seq] = steps;
+        // A generation step (only the last token to decode) may decode a draft along with it.
+        if !in_prompt && common + 1 == target_len {
+            let batch_size = self.options.batch_size as usize;
+            if let Some(outcome) = speculative_step(job, cached, ctx, model, batch, context_size, batch_size) {
+                job.timings.gen_ms += ms_between(started, Instant::now());
+                if let Some(reason) = outcome {
+                    let job = self.jobs.remove(index);
+                    finish(job, reason);
+                }
+                return;
+            }
+        }
         batch.clear();
         for position in common..end {
             let wants_logits = position + 1 == target_len;
@@ -612,7 +639,6 @@ impl Worker {
                 return;
             }
         }
-        self.last_used[seq] = steps;
         if let Err(e) = self.decode_making_room(ctx, batch, seq) {
             // The sequence's state is unknown after a failed decode: drop it.
             let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
@@ -745,22 +771,120 @@ fn sample_next(job: &mut Job, ctx: &LlamaContext<'_>, model: &LlamaModel, logits
     } else {
         job.sampler.sample(ctx, -1)
     };
+    let mut delta = Delta::default();
+    let outcome = push_token(job, model, token, &mut delta);
+    send_delta(job, delta).or(outcome)
+}
+
+/// The tokens a step generated and the text they released, sent as one event.
+#[derive(Default)]
+struct Delta {
+    tokens: Vec<TokenId>,
+    text: String,
+}
+
+/// Appends a generated token: ends at end-of-generation, else streams its text through the stop rules. Returns
+/// why the generation ends, if it does.
+fn push_token(job: &mut Job, model: &LlamaModel, token: LlamaToken, delta: &mut Delta) -> Option<StopReason> {
     job.generated.push(token.0);
     if job.stop_at_eog && model.vocab().is_eog(token) {
         return Some(StopReason::EndOfGeneration);
     }
     let piece = model.vocab().token_to_piece(token, false, None);
     let (text, stop) = job.text.push(&piece);
-    if job.events.send(Ok(GenerationEvent::Delta { tokens: vec![token.0], text })).is_err() {
-        // Nobody listens any more: the caller dropped the stream.
-        return Some(StopReason::Cancelled);
-    }
+    delta.tokens.push(token.0);
+    delta.text.push_str(&text);
     match stop {
         Some(TextStop::StopString(stop)) => Some(StopReason::StopString(stop)),
         Some(TextStop::Predicate) => Some(StopReason::Predicate),
         None if job.generated.len() >= job.max_tokens => Some(StopReason::MaxTokens),
         None => None,
     }
+}
+
+/// Sends a step's tokens to the caller; `Some(Cancelled)` when nobody listens any more (the caller dropped the
+/// stream).
+fn send_delta(job: &Job, delta: Delta) -> Option<StopReason> {
+    if delta.tokens.is_empty() {
+        return None;
+    }
+    let Delta { tokens, text } = delta;
+    job.events.send(Ok(GenerationEvent::Delta { tokens, text })).is_err().then_some(StopReason::Cancelled)
+}
+
+/// A generation step that decodes the job's last token together with a draft of the tokens after it (see
+/// [`super::draft`]), in one batch with logits at every position. The model's greedy token at each position is
+/// pushed exactly as a plain step would push it, while it confirms the draft: the first one that differs from the
+/// draft, or that ends the generation, is the step's last. So the tokens, the text and the stop are the plain
+/// steps' own. The keys and values of the rejected part of the draft are trimmed from the cache, which afterwards
+/// holds what plain decoding would hold: every token of the job but the last.
+///
+/// Returns `None`, with the cache and the job as they were, when there is nothing to draft or the batch cannot be
+/// decoded; the caller then runs the plain step. Else returns the step's outcome: why the generation ends, if it
+/// does.
+fn speculative_step(
+    job: &mut Job,
+    cached: &mut Vec<TokenId>,
+    ctx: &mut LlamaContext<'_>,
+    model: &LlamaModel,
+    batch: &mut LlamaBatch,
+    context_size: usize,
+    batch_size: usize,
+) -> Option<Option<StopReason>> {
+    let last = job.len() - 1;
+    // Room for the draft: it must fit the batch, leave the sequence room for the token sampled after it (as a
+    // plain step would, which ends the generation when the sequence is full), and not draft past `max_tokens`.
+    let room = (batch_size - 1)
+        .min(context_size.saturating_sub(job.len() + 1))
+        .min(job.max_tokens.saturating_sub(job.generated.len() + 1));
+    let tokens: Vec<TokenId> = job.prompt.iter().chain(&job.generated).copied().collect();
+    let draft = job.drafter.as_mut()?.draft(&tokens, room);
+    if draft.is_empty() {
+        return None;
+    }
+    let seq = job.sequence;
+    batch.clear();
+    for (i, &token) in std::iter::once(&tokens[last]).chain(&draft).enumerate() {
+        batch.add(LlamaToken(token), (last + i) as i32, &[seq as i32], true).ok()?;
+    }
+    if ctx.decode(batch).is_err() {
+        // Whatever part of the batch made it into the cache goes: the plain step decodes the last token alone (and
+        // handles the failure if that fails too). Drafting pauses as after a rejected draft.
+        let _ = ctx.clear_kv_cache_seq(Some(seq as u32), Some(last as u32), None);
+        if let Some(drafter) = job.drafter.as_mut() {
+            drafter.record(draft.len(), 0);
+        }
+        return None;
+    }
+    ctx.synchronize();
+
+    let mut delta = Delta::default();
+    let mut outcome = None;
+    let mut confirmed = 0;
+    for i in 0..=draft.len() {
+        let token = argmax(ctx.get_logits_ith(i as i32));
+        outcome = push_token(job, model, LlamaToken(token), &mut delta);
+        let confirms = draft.get(i) == Some(&token);
+        confirmed += usize::from(confirms);
+        if !confirms || outcome.is_some() {
+            break;
+        }
+    }
+    // The step generated `produced` tokens; all but the last of them are the decoded draft tokens to keep.
+    let produced = job.len() - 1 - last;
+    if produced <= draft.len() {
+        let _ = ctx.clear_kv_cache_seq(Some(seq as u32), Some((last + produced) as u32), None);
+    }
+    cached.push(tokens[last]);
+    cached.extend(&draft[..produced - 1]);
+    job.timings.gen_tokens_decoded += produced;
+    job.timings.drafted += draft.len();
+    job.timings.draft_accepted += confirmed;
+    if let Some(drafter) = job.drafter.as_mut() {
+        drafter.record(draft.len(), confirmed);
+    }
+    tracing::trace!(drafted = draft.len(), accepted = confirmed, "verify step");
+    Some(send_delta(job, delta).or(outcome))
 }
 
 /// The index of the largest logit, the lower one among equals: the token llama.cpp's greedy sampler picks, without

@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::engine::{
-    AdapterInfo, Engine, EngineState, GenerateRequest, Generation, LoadProgress, ModelInfo, Priority, Prompt, Result,
-    SamplingParams, SequenceId, StopPredicate, TokenId,
+    AdapterInfo, Drafting, Engine, EngineState, GenerateRequest, Generation, LoadProgress, ModelInfo, Priority, Prompt,
+    Result, SamplingParams, SequenceId, StopPredicate, TokenId,
 };
 pub use protocol::{ClientKind, ClientStatus, DaemonStatus};
 
@@ -77,6 +77,9 @@ pub struct SessionRequest {
     pub stop_rule: Option<StopRule>,
     pub stop_at_eog: bool,
     pub priority: Priority,
+    /// Speculative drafting (greedy requests only). Absent from the requests of a client that predates it: off.
+    #[serde(default)]
+    pub draft: Drafting,
 }
 
 impl SessionRequest {
@@ -90,6 +93,7 @@ impl SessionRequest {
             stop_rule: None,
             stop_at_eog: defaults.stop_at_eog,
             priority: defaults.priority,
+            draft: defaults.draft,
         }
     }
 
@@ -102,6 +106,7 @@ impl SessionRequest {
         request.stop_predicate = self.stop_rule.map(StopRule::into_predicate);
         request.stop_at_eog = self.stop_at_eog;
         request.priority = self.priority;
+        request.draft = self.draft;
         request
     }
 }

@@ -320,6 +320,31 @@ mod tests {
         assert_eq!(status.editor_activity().as_deref(), Some("2 editors · 1 completion · p50 10 ms"));
     }
 
+    #[test]
+    fn the_draft_setting_travels_in_a_generate_call_and_older_clients_get_none() {
+        use crate::engine::{Drafting, LookupOptions, Prompt, Timings};
+
+        let mut request = SessionRequest::new(Prompt::Text("x = 1\n".to_owned()));
+        request.draft = Drafting::Lookup(LookupOptions { reference: vec![1, 2, 3], ..LookupOptions::default() });
+        let call = ClientMessage::Call { id: 3, call: Call::Generate(Box::new(request.clone())) };
+        let json = serde_json::to_value(&call).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(serde_json::from_value::<ClientMessage>(json.clone()).ok(), Some(call));
+
+        // A client that predates drafting sends no `draft`; a daemon that predates it sends no draft counts.
+        let mut older = json;
+        let fields = older["Call"]["call"]["Generate"].as_object_mut().unwrap_or_else(|| panic!("not a Generate call"));
+        assert!(fields.remove("draft").is_some());
+        let Ok(ClientMessage::Call { call: Call::Generate(parsed), .. }) = serde_json::from_value(older) else {
+            panic!("an older client's request should parse");
+        };
+        assert_eq!(*parsed, SessionRequest { draft: Drafting::Off, ..request });
+        let timings: Timings = serde_json::from_str(
+            r#"{"queue_ms":0,"prompt_ms":1,"gen_ms":2,"prompt_tokens_decoded":3,"gen_tokens_decoded":4}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((timings.gen_tokens_decoded, timings.drafted, timings.draft_accepted), (4, 0, 0));
+    }
+
     #[tokio::test]
     async fn frames_round_trip_and_oversized_ones_are_refused() {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);

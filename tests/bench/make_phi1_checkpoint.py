@@ -4,7 +4,11 @@
 Speed and memory of a converter do not depend on the weight values, so this stands in for microsoft/phi-1 without
 downloading it. Tensors are streamed into model.safetensors one at a time, so the script needs little memory.
 
-    python3 make_phi1_checkpoint.py OUT_DIR [--layers 24 --hidden 2048 --intermediate 8192 --heads 32]
+    python3 make_phi1_checkpoint.py OUT_DIR [--layers 24 --hidden 2048 --intermediate 8192 --heads 32] [--init hf]
+
+--init flat (the default) draws every tensor from N(0, 0.02): the model then repeats one token whatever its prompt.
+--init hf initialises as transformers does (matrices N(0, 0.02), biases 0, LayerNorm weights 1): the output then
+depends on the prompt and rarely repeats, which is what a benchmark of drafting on text without repetition needs.
 """
 import argparse
 import json
@@ -42,6 +46,8 @@ def main():
     parser.add_argument("--intermediate", type=int, default=8192)
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--vocab", type=int, default=51200)
+    parser.add_argument("--init", choices=("flat", "hf"), default="flat")
+    parser.add_argument("--std", type=float, default=0.02, help="standard deviation of the random weights")
     parser.add_argument("--tokenizer-dir", default=str(Path(__file__).resolve().parents[2] / "assets" / "tokenizer"))
     args = parser.parse_args()
 
@@ -60,8 +66,11 @@ def main():
         f.write(struct.pack("<Q", len(header_bytes)))
         f.write(header_bytes)
         for name, shape in specs:
-            data = rng.standard_normal(shape, dtype=np.float32)
-            data *= 0.02
+            if args.init == "hf" and len(shape) == 1:
+                data = np.ones(shape, np.float32) if "layernorm.weight" in name else np.zeros(shape, np.float32)
+            else:
+                data = rng.standard_normal(shape, dtype=np.float32)
+                data *= args.std
             f.write(data.tobytes())
     config = {
         "architectures": ["PhiForCausalLM"],
