@@ -112,6 +112,16 @@ impl Server {
         runtime.block_on(probe.status()).ok().flatten()
     }
 
+    /// Waits until the daemon has let go of every HTTP connection (a closed connection's sequence is released
+    /// asynchronously; until then, a new connection gets another, cold sequence).
+    fn wait_for_http_clients_to_leave(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.status().clients.iter().any(|c| c.kind == ClientKind::Http) {
+            assert!(Instant::now() < deadline, "an HTTP client stays connected: {:?}", self.status().clients);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn status(&self) -> DaemonStatus {
         self.try_status().unwrap_or_else(|| panic!("no status; logs:\n{}", self.logs()))
     }
@@ -299,6 +309,7 @@ fn llama_server_endpoints_match_generate() {
     assert_eq!(body["tokens_predicted"], body["timings"]["predicted_n"]);
     assert!(body["timings"]["prompt_n"].as_u64().unwrap() > 0);
 
+    server.wait_for_http_clients_to_leave();
     let reply = server.post("/infill", &vscode_infill(true));
     assert_eq!(reply.status, 200);
     let events: Vec<Value> = reply.events().iter().map(|e| serde_json::from_str(e).unwrap()).collect();
