@@ -14,6 +14,7 @@
 //! | [`document`], [`position`] | open documents and UTF-16 positions |
 //! | [`python`] | just enough Python lexing for the rules |
 //! | `testing` | a scripted fake backend (feature `test-support`) |
+#![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod cache;
