@@ -206,6 +206,32 @@ def completion_log(log_path):
     return entries
 
 
+def open_and_warm_up(server, settings, log_path):
+    """Initializes `server` with `settings` and opens DOCUMENT, then asks for a completion at its end until one reaches
+    the model: the model loads in the background after `initialized`, and requests before that get nothing. That
+    first completion decodes the whole file into the KV cache. Returns its time in ms."""
+    server.call("initialize", {
+        "processId": os.getpid(),
+        "rootUri": None,
+        "capabilities": {"textDocument": {"inlineCompletion": {}}},
+        "initializationOptions": settings,
+    })
+    server.notify("initialized", {})
+    server.notify("textDocument/didOpen", {
+        "textDocument": {"uri": URI, "languageId": "python", "version": 1, "text": DOCUMENT},
+    })
+    line, character = position_after(DOCUMENT)
+    warmup_started, warmup_ms = time.perf_counter(), 0.0
+    while not any(e.get("cache") == "miss" for e in completion_log(log_path).values()):
+        if time.perf_counter() - warmup_started > 300:
+            sys.exit(f"the server answered no completion from the model within 300 s; log: {log_path}")
+        started = time.perf_counter()
+        inline_completion(server, line, character)
+        warmup_ms = (time.perf_counter() - started) * 1000.0
+        time.sleep(0.05)
+    return warmup_ms
+
+
 def percentile(sorted_values, p):
     return sorted_values[round((len(sorted_values) - 1) * p)]
 
@@ -233,29 +259,8 @@ def main():
     server = Server(command, env)
     try:
         settings = {"debounceMs": 0, "mode": "singleLine", "maxLineTokens": args.max_line_tokens}
-        server.call("initialize", {
-            "processId": os.getpid(),
-            "rootUri": None,
-            "capabilities": {"textDocument": {"inlineCompletion": {}}},
-            "initializationOptions": settings,
-        })
-        server.notify("initialized", {})
+        warmup_ms = open_and_warm_up(server, settings, log_path)
         text, version = DOCUMENT, 1
-        server.notify("textDocument/didOpen", {
-            "textDocument": {"uri": URI, "languageId": "python", "version": version, "text": text},
-        })
-
-        # Warm-up: the model loads in the background after `initialized`, and requests before that get nothing.
-        # The first completion that reaches the model decodes the whole file into the KV cache.
-        line, character = position_after(text)
-        warmup_started, warmup_ms = time.perf_counter(), 0.0
-        while not any(e.get("cache") == "miss" for e in completion_log(log_path).values()):
-            if time.perf_counter() - warmup_started > 300:
-                sys.exit(f"the server answered no completion from the model within 300 s; log: {log_path}")
-            started = time.perf_counter()
-            inline_completion(server, line, character)
-            warmup_ms = (time.perf_counter() - started) * 1000.0
-            time.sleep(0.05)
 
         latencies = []  # (document version, ms)
         typed = iter(TYPED)

@@ -30,22 +30,7 @@ def used_mib():
 def start_editor(binary, model, env, log_path, extra):
     """A language server that has answered one completion from the model."""
     server = lsp_latency.Server([binary, "lsp", "-m", model, "--log-file", log_path, *extra], env)
-    server.call("initialize", {
-        "processId": os.getpid(),
-        "rootUri": None,
-        "capabilities": {"textDocument": {"inlineCompletion": {}}},
-        "initializationOptions": {"debounceMs": 0, "mode": "singleLine"},
-    })
-    server.notify("initialized", {})
-    server.notify("textDocument/didOpen", {"textDocument": {
-        "uri": lsp_latency.URI, "languageId": "python", "version": 1, "text": lsp_latency.DOCUMENT}})
-    line, character = lsp_latency.position_after(lsp_latency.DOCUMENT)
-    deadline = time.monotonic() + 300
-    while not any(e.get("cache") == "miss" for e in lsp_latency.completion_log(log_path).values()):
-        if time.monotonic() > deadline:
-            sys.exit(f"no completion from the model within 300 s; log: {log_path}")
-        lsp_latency.inline_completion(server, line, character)
-        time.sleep(0.05)
+    lsp_latency.open_and_warm_up(server, {"debounceMs": 0, "mode": "singleLine"}, log_path)
     return server
 
 
