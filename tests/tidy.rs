@@ -31,7 +31,7 @@ fn rust_files(dir: &str) -> Vec<(PathBuf, String)> {
 fn offenders(dir: &str, needle: &str, allowed: &[&str]) -> Vec<String> {
     rust_files(dir)
         .into_iter()
-        .filter(|(path, _)| !allowed.iter().any(|a| path == Path::new(a) || path.starts_with(a)))
+        .filter(|(path, _)| !allowed.iter().any(|a| path.starts_with(a)))
         .filter(|(_, text)| text.lines().any(|line| !line.trim_start().starts_with("//") && line.contains(needle)))
         .map(|(path, _)| path.display().to_string())
         .collect()

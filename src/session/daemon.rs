@@ -140,8 +140,6 @@ pub async fn run(mut listening: Listening, options: DaemonOptions) -> Result<(),
                 }
             }
         });
-    } else {
-        drop(load_failed);
     }
     let mut failure = None;
 
