@@ -94,9 +94,23 @@ async fn cancel_stops_generation_within_a_step() {
     let engine = tiny_engine().await;
     let prompt = long_prompt();
 
-    // Cancelled before its first step: not one prompt chunk is decoded.
-    let generation = engine.generate(greedy_request(0, &prompt, 400));
-    generation.cancel();
+    // Cancelled before its first step: not one prompt chunk is decoded. The request and its cancel are sent from
+    // the load's progress callback, that is, while the engine thread is busy loading: both wait in its channel, and
+    // the cancel is read before any step. (Sent from here instead, the engine thread could take the request and
+    // decode a chunk before this thread got to the cancel.)
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let (sender, request) = (engine.clone(), greedy_request(0, &prompt, 400));
+    let slot = sent.clone();
+    let mut request = Some(request);
+    let progress: phi_tui::engine::LoadProgress = Box::new(move |_| {
+        if let Some(request) = request.take() {
+            let generation = sender.generate(request);
+            generation.cancel();
+            *slot.lock().unwrap() = Some(generation);
+        }
+    });
+    engine.load_model(&converted("tiny-phi", OutType::F16), Some(progress)).await.unwrap();
+    let generation = sent.lock().unwrap().take().expect("the load reported progress");
     let summary = generation.finish().await.unwrap();
     assert_eq!(summary.stop_reason, StopReason::Cancelled);
     assert_eq!(summary.timings.prompt_tokens_decoded, 0);
