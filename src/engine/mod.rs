@@ -12,6 +12,7 @@
 //! which later resumes from its cached state. A greedy request may draft ([`Drafting`]): a step then decodes the
 //! last token with a guess of the next ones and keeps what the model confirms — the same tokens, in fewer steps.
 
+mod amx;
 mod draft;
 mod ffi;
 mod sampling;

@@ -18,6 +18,8 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::{DecodeError, LlamaBackendDeviceType, LogOptions};
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+use super::amx;
 use super::draft::{Drafter, Drafting};
 use super::text::{TextStop, TextStream};
 use super::validate::{self, AdapterFacts, ModelFacts};
@@ -51,6 +53,14 @@ pub(crate) fn backend() -> Result<&'static LlamaBackend> {
             // llama.cpp logs a lot, to stderr by default; the TUI and the language server own the terminal and
             // stdout, so every line goes through tracing instead.
             llama_cpp_2::send_logs_to_tracing(LogOptions::default());
+            // Before llama.cpp first sets up its CPU backend, which is where it asks for AMX.
+            #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+            if amx::cpu_has_amx() {
+                match amx::deny_amx() {
+                    Ok(()) => tracing::debug!("AMX CPU: llama.cpp's AMX kernels are kept off (see engine/amx.rs)"),
+                    Err(e) => tracing::warn!("cannot keep llama.cpp off AMX, whose kernels crash: {e}"),
+                }
+            }
             #[cfg(feature = "dynamic-backends")]
             load_backend_modules()?;
             LlamaBackend::init().map_err(|e| e.to_string())
