@@ -330,6 +330,9 @@ fn conversations_that_cannot_be_read_are_reported() {
     let text = screen.split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(text.contains("broken.json: not a session file: EOF while parsing"), "{screen}");
     tmux.keys(&["Escape"]);
+    // An Escape read together with the Ctrl-Q after it is one key, Alt+Ctrl-Q, which quits nothing: send the quit
+    // only once the list has closed.
+    tmux.wait_for("the list to close", |s| !s.contains(" Conversations ("));
     tmux.quit();
 }
 
