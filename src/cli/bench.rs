@@ -100,6 +100,11 @@ struct DraftComparison {
     /// Where the tokens first differed, if they did.
     #[serde(skip_serializing_if = "Option::is_none")]
     first_difference: Option<usize>,
+    /// Where they differed: how far apart the model's logits for the two tokens are there. Batched verification and
+    /// single-token decoding round differently (different kernels), so two tokens whose logits are within that
+    /// rounding can swap places; a gap far larger than the logits' rounding (~1e-3) would be a bug.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    difference_logit_gap: Option<f32>,
     plain_runs_tok_s: Vec<f64>,
     lookup_runs_tok_s: Vec<f64>,
 }
@@ -185,7 +190,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 row.speedup,
                 row.accepted,
                 row.drafted,
-                row.first_difference.map_or_else(|| "yes".to_owned(), |at| format!("NO (at {at})"))
+                match (row.first_difference, row.difference_logit_gap) {
+                    (None, _) => "yes".to_owned(),
+                    (Some(at), Some(gap)) => format!("NO (at {at}, logit gap {gap:.1e})"),
+                    (Some(at), None) => format!("NO (at {at})"),
+                }
             );
         }
     }
@@ -246,13 +255,17 @@ async fn compare_drafting(
     let mut plain_runs = Vec::new();
     let mut lookup_runs = Vec::new();
     let mut first_difference: Option<usize> = None;
+    let mut difference_logit_gap: Option<f32> = None;
     let mut last_lookup: Option<GenerationSummary> = None;
     for repetition in 0..=args.repetitions {
         let plain = run(Drafting::Off).await?;
         let lookup = run(drafting.clone()).await?;
         if plain.tokens != lookup.tokens {
             let at = plain.tokens.iter().zip(&lookup.tokens).take_while(|(a, b)| a == b).count();
-            first_difference = Some(first_difference.map_or(at, |earlier| earlier.min(at)));
+            if first_difference.is_none_or(|earlier| at < earlier) {
+                first_difference = Some(at);
+                difference_logit_gap = logit_gap(engine, &prompt, &plain.tokens, &lookup.tokens, at).await?;
+            }
         }
         if repetition > 0 {
             plain_runs.push(plain.timings.gen_tok_s());
@@ -274,9 +287,32 @@ async fn compare_drafting(
         acceptance: timings.draft_acceptance(),
         identical: first_difference.is_none(),
         first_difference,
+        difference_logit_gap,
         plain_runs_tok_s: plain_runs,
         lookup_runs_tok_s: lookup_runs,
     })
+}
+
+/// The model's logit for `plain[at]` minus its logit for `drafted[at]`, after the prompt and the tokens both runs
+/// share, decoded token by token as plain decoding does; `None` where one run ended before `at`.
+async fn logit_gap(
+    engine: &Engine,
+    prompt: &[TokenId],
+    plain: &[TokenId],
+    drafted: &[TokenId],
+    at: usize,
+) -> anyhow::Result<Option<f32>> {
+    let (Some(&plain_token), Some(&drafted_token)) = (plain.get(at), drafted.get(at)) else {
+        return Ok(None);
+    };
+    let mut request =
+        GenerateRequest::new(SequenceId(0), Prompt::Tokens(prompt.iter().chain(&plain[..at]).copied().collect()));
+    request.max_tokens = 0;
+    request.return_logits = true;
+    let summary = engine.generate(request).finish().await?;
+    let logits = summary.last_logits.unwrap_or_default();
+    let logit = |token: TokenId| usize::try_from(token).ok().and_then(|i| logits.get(i).copied());
+    Ok(logit(plain_token).zip(logit(drafted_token)).map(|(p, d)| p - d))
 }
 
 /// Fixed pseudo-random ordinary tokens: speed does not depend on which tokens they are, and fixed ones make runs

@@ -58,6 +58,7 @@ name = os.path.basename(sys.argv[1]).removesuffix(".gguf")
 for row in report["draft"]:
     print("%-22s %-10s %7d %12.2f %12.2f %7.2fx %7d/%-7d %9s" % (name, row["workload"], row["prompt_tokens"],
           row["plain_tok_s"], row["lookup_tok_s"], row["speedup"], row["accepted"], row["drafted"],
-          "yes" if row["identical"] else "NO (at %d)" % row["first_difference"]))
+          "yes" if row["identical"] else "NO (at %d, gap %.1e)" % (row["first_difference"],
+                                                                 row.get("difference_logit_gap", float("nan")))))
 ' "$model"
 done
