@@ -55,3 +55,44 @@ pub fn llama_cpp_version() -> String {
         CStr::from_ptr(version).to_string_lossy().into_owned()
     }
 }
+
+/// Has the CPU backend set up its extra buffer types (AMX, weight repacking) now, with its stderr discarded: with
+/// AMX denied (see `amx.rs`) it prints "AMX is not ready to be used!" there, which would otherwise land on the
+/// user's terminal (inside the TUI's screen, even) at the first model load. The set-up runs once per process.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub fn set_up_cpu_buffer_types_quietly() {
+    type GetExtraBufts =
+        unsafe extern "C" fn(llama_cpp_sys_2::ggml_backend_dev_t) -> *mut llama_cpp_sys_2::ggml_backend_buffer_type_t;
+    // SAFETY: the registry calls take no input of ours but the device type and a NUL-terminated name; the proc
+    // address, when there is one, has the type ggml-backend.h gives `ggml_backend_dev_get_extra_bufts_t`. Standard
+    // error is swapped with dup/dup2 on descriptors this function owns, and restored before it returns (what other
+    // threads write to stderr meanwhile is lost: this runs once, while the backend starts).
+    unsafe {
+        let device = llama_cpp_sys_2::ggml_backend_dev_by_type(llama_cpp_sys_2::GGML_BACKEND_DEVICE_TYPE_CPU);
+        if device.is_null() {
+            return;
+        }
+        let registry = llama_cpp_sys_2::ggml_backend_dev_backend_reg(device);
+        if registry.is_null() {
+            return;
+        }
+        let address =
+            llama_cpp_sys_2::ggml_backend_reg_get_proc_address(registry, c"ggml_backend_dev_get_extra_bufts".as_ptr());
+        if address.is_null() {
+            return;
+        }
+        let get_extra_bufts: GetExtraBufts = std::mem::transmute(address);
+        let saved = libc::dup(libc::STDERR_FILENO);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        let swapped = saved >= 0 && null >= 0 && libc::dup2(null, libc::STDERR_FILENO) >= 0;
+        get_extra_bufts(device);
+        if swapped {
+            libc::dup2(saved, libc::STDERR_FILENO);
+        }
+        for fd in [saved, null] {
+            if fd >= 0 {
+                libc::close(fd);
+            }
+        }
+    }
+}

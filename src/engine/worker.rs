@@ -55,15 +55,25 @@ pub(crate) fn backend() -> Result<&'static LlamaBackend> {
             llama_cpp_2::send_logs_to_tracing(LogOptions::default());
             // Before llama.cpp first sets up its CPU backend, which is where it asks for AMX.
             #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-            if amx::cpu_has_amx() {
-                match amx::deny_amx() {
-                    Ok(()) => tracing::debug!("AMX CPU: llama.cpp's AMX kernels are kept off (see engine/amx.rs)"),
-                    Err(e) => tracing::warn!("cannot keep llama.cpp off AMX, whose kernels crash: {e}"),
-                }
-            }
+            let amx_denied = amx::cpu_has_amx()
+                && match amx::deny_amx() {
+                    Ok(()) => {
+                        tracing::debug!("AMX CPU: llama.cpp's AMX kernels are kept off (see engine/amx.rs)");
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot keep llama.cpp off AMX, whose kernels crash: {e}");
+                        false
+                    }
+                };
             #[cfg(feature = "dynamic-backends")]
             load_backend_modules()?;
-            LlamaBackend::init().map_err(|e| e.to_string())
+            let backend = LlamaBackend::init().map_err(|e| e.to_string())?;
+            #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+            if amx_denied {
+                super::ffi::set_up_cpu_buffer_types_quietly();
+            }
+            Ok(backend)
         })
         .as_ref()
         .map_err(|e| EngineError::Context(format!("llama.cpp backend: {e}")))
