@@ -29,7 +29,7 @@ pub use data::{load_dataset, load_tokenizer, DataOptions, Dataset, Sequence, END
 pub use error::{FinetuneError, Result};
 pub use gguf_adapter::{import_peft, read_adapter, read_adapter_gguf, write_adapter_gguf, write_adapter_gguf_at_step};
 pub use lora::{LoraAdapter, LoraPair, LoraTarget, Matrix};
-pub use model::{BaseModel, BaseSource, PhiConfig};
+pub use model::{BaseModel, BaseSource};
 pub use optim::{AdamW, AdamWConfig, Schedule, ScheduleKind};
 pub use peft::{read_peft, write_peft};
 pub use trainer::{StepGate, StepReport, TrainEvent, TrainOptions, TrainOutcome, Trainer};
