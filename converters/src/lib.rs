@@ -34,5 +34,5 @@ pub use error::ConvertError;
 pub use layout::Layout;
 pub use metadata::gguf_model_config;
 pub use out_type::OutType;
-pub use output::{remove_temporary_files, TemporaryPath};
+pub use output::{remove_temporary_files, rename_durably, write_atomically, TemporaryPath};
 pub use tokenizer::{TokenizerOrigin, TokenizerSource};

@@ -240,7 +240,7 @@ pub(crate) fn write_safetensors(
 
 /// Writes a file so that it appears complete or not at all.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    crate::files::write_atomically(path, bytes).map_err(|e| FinetuneError::io(path, "cannot write file", e))
+    phi_converters::write_atomically(path, bytes).map_err(|e| FinetuneError::io(path, "cannot write file", e))
 }
 
 #[cfg(test)]
