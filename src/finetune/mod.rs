@@ -21,6 +21,7 @@ pub mod lora;
 pub mod model;
 pub mod optim;
 pub mod peft;
+pub mod plan;
 pub(crate) mod rng;
 pub mod trainer;
 
@@ -32,6 +33,7 @@ pub use lora::{LoraAdapter, LoraPair, LoraTarget, Matrix};
 pub use model::{BaseModel, BaseSource};
 pub use optim::{AdamW, AdamWConfig, Schedule, ScheduleKind};
 pub use peft::{read_peft, write_peft};
+pub use plan::AdapterShape;
 pub use trainer::{StepGate, StepReport, TrainEvent, TrainOptions, TrainOutcome, Trainer};
 
 /// The device training runs on: `cpu`, or `cuda` / `cuda:N` in a build with the `cuda` feature.
