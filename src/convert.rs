@@ -76,8 +76,6 @@ pub fn convert_checkpoint(
         conversion.out_type.llama_ftype(),
         conversion.threads.unwrap_or(0),
     )?;
-    std::fs::rename(quantized.path(), output)
-        .map_err(|source| CheckpointError::Io { path: output.to_path_buf(), source })?;
-    quantized.keep();
+    quantized.persist(output).map_err(|source| CheckpointError::Io { path: output.to_path_buf(), source })?;
     Ok(summary)
 }

@@ -305,7 +305,7 @@ impl Hub {
             if let Some(parent) = reference.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| HubError::io(parent, e))?;
             }
-            crate::files::write_atomically(&reference, snapshot.commit.as_bytes())
+            phi_converters::write_atomically(&reference, snapshot.commit.as_bytes())
                 .map_err(|e| HubError::io(&reference, e))?;
         }
         let mut progress = Totals { done: 0, total: files.iter().map(|f| f.size).sum() };
@@ -351,7 +351,7 @@ impl Hub {
         loop {
             let actual = self.download(snapshot, file, &url, &partial, progress, on_event, cancel)?;
             if actual == file.hash.etag() {
-                std::fs::rename(&partial, blob).map_err(|e| HubError::io(blob, e))?;
+                phi_converters::rename_durably(&partial, blob).map_err(|e| HubError::io(blob, e))?;
                 return Ok(());
             }
             let _ = std::fs::remove_file(&partial);

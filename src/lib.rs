@@ -7,7 +7,6 @@ pub mod convert;
 pub mod datagen;
 pub mod engine;
 pub mod eval;
-pub mod files;
 pub mod finetune;
 pub mod hub;
 pub mod logging;

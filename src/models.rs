@@ -190,7 +190,7 @@ impl Registry {
         }
         let file = RegistryFile { version: 1, models: self.models.clone() };
         let json = serde_json::to_vec_pretty(&file).map_err(|e| error(e.to_string()))?;
-        crate::files::write_atomically(&self.path, &json).map_err(|e| error(e.to_string()))
+        phi_converters::write_atomically(&self.path, &json).map_err(|e| error(e.to_string()))
     }
 }
 

@@ -13,7 +13,6 @@ use safetensors::tensor::{Dtype, SafeTensorError};
 use safetensors::SafeTensors;
 
 use crate::error::{ConvertError, Result};
-use crate::layout;
 
 pub(crate) const SINGLE_FILE: &str = "model.safetensors";
 pub(crate) const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -58,6 +57,12 @@ impl fmt::Display for SourceDtype {
     }
 }
 
+/// Buffers some exports store that are not weights. `rotary_emb.inv_freq` is the rotary frequency table,
+/// derived from the config (llama.cpp computes its own from the rope settings, and its converter skips it too).
+pub(crate) fn is_ignored(name: &str) -> bool {
+    name.ends_with(".rotary_emb.inv_freq")
+}
+
 /// One mapped safetensors file.
 pub(crate) struct WeightFile {
     pub(crate) path: PathBuf,
@@ -90,7 +95,7 @@ pub(crate) struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Maps the weight files of `dir` and reads their headers. Tensors that `layout::is_ignored` are left out.
+    /// Maps the weight files of `dir` and reads their headers. Tensors that `is_ignored` are left out.
     pub(crate) fn open(dir: &Path) -> Result<Checkpoint> {
         let single = dir.join(SINGLE_FILE);
         let index = dir.join(INDEX_FILE);
@@ -223,7 +228,7 @@ fn read_safetensors(path: &Path, file_index: usize) -> Result<(Mmap, Vec<SourceT
     let data_start = 8 + header_len;
     let mut tensors = Vec::new();
     for (name, info) in metadata.tensors() {
-        if layout::is_ignored(&name) {
+        if is_ignored(&name) {
             tracing::debug!(tensor = name, "ignoring a non-weight buffer");
             continue;
         }
@@ -286,7 +291,7 @@ fn read_index(path: &Path) -> Result<BTreeMap<String, String>> {
                 &format!("entry `{name}` names `{file}`, which is not a file in this directory"),
             ));
         }
-        if !layout::is_ignored(name) {
+        if !is_ignored(name) {
             weight_map.insert(name.clone(), file.to_owned());
         }
     }
@@ -313,5 +318,17 @@ fn missing_weights_hint(dir: &Path) -> String {
         " (there are .safetensors files, but neither of these names)".to_owned()
     } else {
         String::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inv_freq_buffers_are_the_only_ignored_names() {
+        assert!(is_ignored("model.layers.0.self_attn.rotary_emb.inv_freq"));
+        assert!(is_ignored("transformer.h.3.mixer.rotary_emb.inv_freq"));
+        assert!(!is_ignored("model.layers.0.self_attn.q_proj.weight"));
     }
 }

@@ -24,10 +24,20 @@ pub enum ConfigStyle {
     PhiMsft,
 }
 
-/// The hyperparameters of a phi model.
+impl ConfigStyle {
+    /// The key that holds the layer count in this style.
+    pub(crate) fn layer_count_key(self) -> &'static str {
+        match self {
+            ConfigStyle::PhiMsft => "n_layer",
+            ConfigStyle::Transformers5 | ConfigStyle::Transformers4 => "num_hidden_layers",
+        }
+    }
+}
+
+/// The hyperparameters of a phi model: what a checkpoint's `config.json` gives and a GGUF's `phi2.*` keys hold
+/// (see [`crate::gguf_model_config`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
-    pub style: ConfigStyle,
     pub vocab_size: usize,
     pub hidden_size: usize,
     /// Width of the MLP (fc1's output).
@@ -52,14 +62,15 @@ impl ModelConfig {
         self.num_kv_heads * self.head_dim()
     }
 
-    /// Reads `dir/config.json`. Returns the raw JSON too, for the special token ids it may hold.
-    pub(crate) fn load(dir: &Path) -> Result<(ModelConfig, Value)> {
+    /// Reads `dir/config.json`. Returns its style (which names its keys in errors) and the raw JSON too, for the
+    /// special token ids it may hold.
+    pub(crate) fn load(dir: &Path) -> Result<(ModelConfig, ConfigStyle, Value)> {
         let path = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| ConvertError::io(&path, "cannot read file", e))?;
         let json: Value =
             serde_json::from_str(&text).map_err(|source| ConvertError::Json { path: path.clone(), source })?;
-        let config = ModelConfig::from_json(&path, &json)?;
-        Ok((config, json))
+        let (config, style) = ModelConfig::from_json(&path, &json)?;
+        Ok((config, style, json))
     }
 
     /// Reads and checks `dir/config.json` alone: whether a checkpoint is a phi model this crate converts, known
@@ -69,20 +80,20 @@ impl ModelConfig {
     }
 
     /// Parses a config already read from `path` (named in errors).
-    pub(crate) fn from_json(path: &Path, json: &Value) -> Result<ModelConfig> {
+    pub(crate) fn from_json(path: &Path, json: &Value) -> Result<(ModelConfig, ConfigStyle)> {
         let object = json.as_object().ok_or_else(|| ConvertError::InvalidConfig {
             path: path.to_path_buf(),
             reason: "not a JSON object".to_owned(),
         })?;
         let keys = Keys { path, object };
         let is_msft = check_model_type(&keys)?;
-        let config = if is_msft { parse_msft(&keys)? } else { parse_transformers(&keys)? };
-        config.validate(&keys)?;
-        Ok(config)
+        let (config, style) = if is_msft { parse_msft(&keys)? } else { parse_transformers(&keys)? };
+        config.validate(style, &keys)?;
+        Ok((config, style))
     }
 
-    fn validate(&self, keys: &Keys) -> Result<()> {
-        let (heads_key, kv_key, rope_key) = match self.style {
+    fn validate(&self, style: ConfigStyle, keys: &Keys) -> Result<()> {
+        let (heads_key, kv_key, rope_key) = match style {
             ConfigStyle::PhiMsft => ("n_head", "n_head_kv", "rotary_dim"),
             _ => ("num_attention_heads", "num_key_value_heads", "partial_rotary_factor"),
         };
@@ -140,7 +151,7 @@ fn check_model_type(keys: &Keys) -> Result<bool> {
     Ok(model_type == Some("phi-msft") || (model_type.is_none() && keys.object.contains_key("n_embd")))
 }
 
-fn parse_transformers(keys: &Keys) -> Result<ModelConfig> {
+fn parse_transformers(keys: &Keys) -> Result<(ModelConfig, ConfigStyle)> {
     if keys.optional_bool("qk_layernorm")? == Some(true) {
         return Err(keys.unsupported("qk_layernorm = true (llama.cpp's phi2 has no LayerNorm on q and k)"));
     }
@@ -179,8 +190,7 @@ fn parse_transformers(keys: &Keys) -> Result<ModelConfig> {
     }
     // As llama.cpp's converter: int(partial_rotary_factor * hidden_size) // num_attention_heads.
     let rope_dims = (partial_rotary_factor * hidden_size as f64) as usize / num_heads;
-    Ok(ModelConfig {
-        style,
+    let config = ModelConfig {
         vocab_size: keys.size("vocab_size")?,
         hidden_size,
         intermediate_size: keys.size("intermediate_size")?,
@@ -191,15 +201,15 @@ fn parse_transformers(keys: &Keys) -> Result<ModelConfig> {
         layer_norm_eps: keys.positive_f64("layer_norm_eps")?,
         rope_dims,
         rope_theta: positive_theta(keys, rope_theta)?,
-    })
+    };
+    Ok((config, style))
 }
 
-fn parse_msft(keys: &Keys) -> Result<ModelConfig> {
+fn parse_msft(keys: &Keys) -> Result<(ModelConfig, ConfigStyle)> {
     check_activation(keys, "activation_function")?;
     let hidden_size = keys.size("n_embd")?;
     let num_heads = keys.size("n_head")?;
-    Ok(ModelConfig {
-        style: ConfigStyle::PhiMsft,
+    let config = ModelConfig {
         vocab_size: keys.size("vocab_size")?,
         hidden_size,
         // phi-msft's MLP defaults to 4·n_embd when n_inner is null.
@@ -211,7 +221,8 @@ fn parse_msft(keys: &Keys) -> Result<ModelConfig> {
         layer_norm_eps: keys.positive_f64("layer_norm_epsilon")?,
         rope_dims: keys.size("rotary_dim")?,
         rope_theta: positive_theta(keys, keys.optional_f64("rope_theta")?)?,
-    })
+    };
+    Ok((config, ConfigStyle::PhiMsft))
 }
 
 /// phi uses the tanh approximation of GELU, which is what llama.cpp's phi2 computes; another activation would
@@ -301,6 +312,10 @@ mod tests {
     use serde_json::json;
 
     fn parse(json: Value) -> Result<ModelConfig> {
+        Ok(parse_with_style(json)?.0)
+    }
+
+    fn parse_with_style(json: Value) -> Result<(ModelConfig, ConfigStyle)> {
         ModelConfig::from_json(Path::new("/m/config.json"), &json)
     }
 
@@ -316,23 +331,23 @@ mod tests {
 
     #[test]
     fn all_three_styles_give_the_same_hyperparameters() {
-        let t5 = parse(transformers5()).unwrap();
-        let t4 = parse(json!({
+        let (t5, t5_style) = parse_with_style(transformers5()).unwrap();
+        let (t4, t4_style) = parse_with_style(json!({
             "architectures": ["PhiForCausalLM"], "model_type": "phi", "hidden_size": 64, "intermediate_size": 256,
             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": null,
             "max_position_embeddings": 2048, "layer_norm_eps": 1e-5, "vocab_size": 51200,
             "partial_rotary_factor": 0.5, "rope_theta": 10000.0, "rope_scaling": null
         }))
         .unwrap();
-        let msft = parse(json!({
+        let (msft, msft_style) = parse_with_style(json!({
             "architectures": ["PhiForCausalLM"], "model_type": "phi-msft", "n_embd": 64, "n_layer": 2, "n_head": 4,
             "n_head_kv": null, "n_inner": null, "n_positions": 2048, "rotary_dim": 8, "layer_norm_epsilon": 1e-5,
             "vocab_size": 51200, "activation_function": "gelu_new"
         }))
         .unwrap();
-        assert_eq!(t5.style, ConfigStyle::Transformers5);
-        assert_eq!(t4.style, ConfigStyle::Transformers4);
-        assert_eq!(msft.style, ConfigStyle::PhiMsft);
+        assert_eq!(t5_style, ConfigStyle::Transformers5);
+        assert_eq!(t4_style, ConfigStyle::Transformers4);
+        assert_eq!(msft_style, ConfigStyle::PhiMsft);
         for config in [&t5, &t4, &msft] {
             assert_eq!(
                 (

@@ -83,11 +83,22 @@ struct Validated {
 
 impl Validated {
     fn load(input_dir: &Path) -> Result<Validated> {
-        let (config, config_json) = ModelConfig::load(input_dir)?;
+        let (config, style, config_json) = ModelConfig::load(input_dir)?;
         let checkpoint = Checkpoint::open(input_dir)?;
         let layout = layout::detect(&checkpoint)?;
-        let tensors = layout::map_tensors(&checkpoint, layout, &config)?;
+        let tensors = layout::map_tensors(&checkpoint, layout, &config, style)?;
         Ok(Validated { config, config_json, checkpoint, layout, tensors })
+    }
+
+    fn info(&self) -> CheckpointInfo {
+        CheckpointInfo {
+            layout: self.layout,
+            source_dtype: self.source_dtype(),
+            tensor_count: self.tensors.len(),
+            parameter_count: self.parameter_count(),
+            weight_files: self.checkpoint.files.iter().map(|f| f.path.clone()).collect(),
+            config: self.config.clone(),
+        }
     }
 
     fn parameter_count(&self) -> u64 {
@@ -102,15 +113,52 @@ impl Validated {
 
 /// Reads a checkpoint's config and weight headers and checks them, without converting.
 pub fn inspect(input_dir: &Path) -> Result<CheckpointInfo> {
-    let validated = Validated::load(input_dir)?;
-    Ok(CheckpointInfo {
-        layout: validated.layout,
-        source_dtype: validated.source_dtype(),
-        tensor_count: validated.tensors.len(),
-        parameter_count: validated.parameter_count(),
-        weight_files: validated.checkpoint.files.iter().map(|f| f.path.clone()).collect(),
-        config: validated.config,
-    })
+    Ok(Validated::load(input_dir)?.info())
+}
+
+/// A checkpoint opened for reading its weights as the converter reads them: config, tensor names, shapes and
+/// dtypes checked, the weight files memory-mapped, every tensor under the GGUF name the converter gives it.
+pub struct CheckpointReader {
+    validated: Validated,
+}
+
+/// One tensor of a checkpoint under its GGUF name: a stored tensor, or the block of rows of a fused one
+/// (phi-msft's `Wqkv`) that becomes the GGUF tensor.
+#[derive(Debug, Clone)]
+pub struct TensorView<'a> {
+    /// The GGUF tensor name (`blk.0.attn_q.weight`).
+    pub name: &'a str,
+    pub dtype: SourceDtype,
+    /// PyTorch order (outermost first).
+    pub shape: Vec<usize>,
+    /// The stored little-endian elements, from the memory map.
+    pub data: &'a [u8],
+}
+
+impl CheckpointReader {
+    pub fn open(input_dir: &Path) -> Result<CheckpointReader> {
+        Ok(CheckpointReader { validated: Validated::load(input_dir)? })
+    }
+
+    pub fn info(&self) -> CheckpointInfo {
+        self.validated.info()
+    }
+
+    /// Every tensor, in the GGUF's order.
+    pub fn tensors(&self) -> impl Iterator<Item = TensorView<'_>> {
+        let checkpoint = &self.validated.checkpoint;
+        self.validated.tensors.iter().map(move |mapped| {
+            let source = &checkpoint.tensors[mapped.source];
+            let element_size = source.dtype.element_size();
+            let bytes = mapped.elements.start * element_size..mapped.elements.end * element_size;
+            TensorView {
+                name: &mapped.gguf_name,
+                dtype: source.dtype,
+                shape: mapped.dims.iter().rev().map(|&d| d as usize).collect(),
+                data: checkpoint.bytes(source, bytes),
+            }
+        })
+    }
 }
 
 /// Checks that `output` can take the GGUF of the checkpoint in `input_dir`: its directory exists, and it is not a

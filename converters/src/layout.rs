@@ -1,6 +1,7 @@
 //! Tensor names: which layout a checkpoint uses, which tensors it must contain with which shapes, and the GGUF
 //! tensor each one becomes. Every stored tensor is accounted for: it is mapped, or it is one of the known
-//! non-weight buffers, or the conversion fails — nothing is dropped silently.
+//! non-weight buffers ([`crate::checkpoint::is_ignored`], left out when the checkpoint is read), or the conversion
+//! fails — nothing is dropped silently.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -32,12 +33,6 @@ impl fmt::Display for Layout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
-}
-
-/// Buffers some exports store that are not weights. `rotary_emb.inv_freq` is the rotary frequency table,
-/// derived from the config (llama.cpp computes its own from the rope settings, and its converter skips it too).
-pub(crate) fn is_ignored(name: &str) -> bool {
-    name.ends_with(".rotary_emb.inv_freq")
 }
 
 /// One GGUF tensor: a range of rows of a stored tensor.
@@ -86,17 +81,21 @@ pub(crate) fn detect(checkpoint: &Checkpoint) -> Result<Layout> {
 
 /// Maps every stored tensor to its GGUF tensor(s), checking that the set of tensors and every shape is what
 /// the config implies. The result is in output order.
-pub(crate) fn map_tensors(checkpoint: &Checkpoint, layout: Layout, config: &ModelConfig) -> Result<Vec<MappedTensor>> {
+pub(crate) fn map_tensors(
+    checkpoint: &Checkpoint,
+    layout: Layout,
+    config: &ModelConfig,
+    style: ConfigStyle,
+) -> Result<Vec<MappedTensor>> {
     // The config's layer count sizes the list of expected tensors, so it is bounded by the tensors the checkpoint
     // has before anything is built from it (a corrupt count of 2^31 would otherwise take gigabytes first). Every
     // layer has at least eight tensors: a count above the number of tensors is certainly wrong, and below it the
     // list stays as small as the checkpoint's and the missing tensors are named as usual.
     if config.num_layers > checkpoint.tensors.len() {
         let layers = layers_present(checkpoint);
-        let key = if config.style == ConfigStyle::PhiMsft { "n_layer" } else { "num_hidden_layers" };
         return Err(ConvertError::InvalidValue {
             path: checkpoint.description.with_file_name("config.json"),
-            key: key.to_owned(),
+            key: style.layer_count_key().to_owned(),
             reason: format!("is {}, but the checkpoint has tensors for {layers} layers", config.num_layers),
         });
     }
@@ -236,7 +235,6 @@ mod tests {
 
     fn config() -> ModelConfig {
         ModelConfig {
-            style: ConfigStyle::Transformers5,
             vocab_size: 100,
             hidden_size: 8,
             intermediate_size: 32,
@@ -285,12 +283,5 @@ mod tests {
             [("blk.0.attn_q.weight", 0..8), ("blk.0.attn_k.weight", 8..12), ("blk.0.attn_v.weight", 12..16)]
         );
         assert_eq!(expected.len(), 5 + 2 * 10);
-    }
-
-    #[test]
-    fn inv_freq_buffers_are_the_only_ignored_names() {
-        assert!(is_ignored("model.layers.0.self_attn.rotary_emb.inv_freq"));
-        assert!(is_ignored("transformer.h.3.mixer.rotary_emb.inv_freq"));
-        assert!(!is_ignored("model.layers.0.self_attn.q_proj.weight"));
     }
 }

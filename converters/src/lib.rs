@@ -3,7 +3,9 @@
 //!
 //! * [`convert`] writes F32, F16, BF16 or Q8_0 GGUFs; other types are made from its output by llama.cpp's
 //!   quantizer (see [`OutType::is_native`]).
-//! * [`inspect`] checks a checkpoint and describes it without converting.
+//! * [`inspect`] checks a checkpoint and describes it without converting; [`CheckpointReader`] reads its weights
+//!   under their GGUF names (fine-tuning's base), memory-mapped.
+//! * [`gguf_model_config`] reads a GGUF's hyperparameters back: the counterpart of what [`convert`] writes.
 //! * [`gguf`] reads and writes GGUF files.
 //!
 //! Accepted inputs: `config.json` in the transformers 5, transformers 4.37 and legacy `phi-msft` styles;
@@ -24,9 +26,13 @@ mod tokenizer;
 
 pub use checkpoint::SourceDtype;
 pub use config::{ConfigStyle, ModelConfig};
-pub use convert::{check_output, convert, inspect, CheckpointInfo, ConvertOptions, ConvertProgress, ConvertSummary};
+pub use convert::{
+    check_output, convert, inspect, CheckpointInfo, CheckpointReader, ConvertOptions, ConvertProgress, ConvertSummary,
+    TensorView,
+};
 pub use error::ConvertError;
 pub use layout::Layout;
+pub use metadata::gguf_model_config;
 pub use out_type::OutType;
-pub use output::{remove_temporary_files, TemporaryPath};
+pub use output::{remove_temporary_files, rename_durably, write_atomically, TemporaryPath};
 pub use tokenizer::{TokenizerOrigin, TokenizerSource};

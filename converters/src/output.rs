@@ -1,14 +1,19 @@
-//! Writing an output file so that it either appears complete or not at all: the data goes to a hidden temporary
-//! file in the same directory (so the final rename stays on one filesystem and is atomic), and the temporary
-//! file is removed if anything fails before the rename.
+//! Write-then-rename, the one implementation for every file phi-tui replaces (GGUFs, the model registry, sessions,
+//! adapters, hub refs): a file appears complete or not at all. The data goes to a hidden temporary file in the same
+//! directory (so the final rename stays on one filesystem and is atomic), and the temporary file is removed if
+//! anything fails before the rename.
 //!
-//! Temporary files are named `.{output name}.{purpose}.tmp-{pid}` and listed in a process-wide registry, so that
-//! a signal handler can remove them before the process dies ([`remove_temporary_files`]) and a later run for the
-//! same output removes those that a killed run left behind (their pid no longer runs).
+//! One naming scheme: temporary files are named `.{output name}.{purpose}.tmp-{pid}` and listed in a process-wide
+//! registry, so that a signal handler can remove them before the process dies ([`remove_temporary_files`]) and a
+//! later run for the same output removes those that a killed run left behind (their pid no longer runs).
+//!
+//! One durability policy ([`rename_durably`]): the file is fsynced before the rename and its directory after, so
+//! that after a crash the path holds the old file or the whole new one.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// Buffer for the many small writes of a GGUF header; tensor chunks are larger and bypass it.
@@ -53,6 +58,13 @@ impl TemporaryPath {
         &self.path
     }
 
+    /// Renames the finished file over `final_path` ([`rename_durably`]); on failure it is removed.
+    pub fn persist(self, final_path: &Path) -> io::Result<()> {
+        rename_durably(&self.path, final_path)?;
+        self.keep();
+        Ok(())
+    }
+
     /// The file has been renamed into place (or never existed): nothing to remove any more.
     pub fn keep(self) {
         unregister(&self.path);
@@ -70,6 +82,29 @@ impl Drop for TemporaryPath {
             _ => {}
         }
     }
+}
+
+/// Writes `bytes` to `path` through a temporary file `.{name}.write-{n}.tmp-{pid}` (`n` keeps two writes of one
+/// process apart) that [`rename_durably`] puts in place. The directory must exist.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let temp = TemporaryPath::new(path, &format!("write-{}", WRITES.fetch_add(1, Ordering::Relaxed)));
+    File::create(temp.path())?.write_all(bytes)?;
+    temp.persist(path)
+}
+
+/// The durability policy of every write-then-rename: `from` (a complete file) is fsynced, renamed over `to`, and
+/// `to`'s directory fsynced, so that the rename itself survives a crash.
+pub fn rename_durably(from: &Path, to: &Path) -> io::Result<()> {
+    // Opened for writing: some platforms refuse to sync a read-only handle.
+    OpenOptions::new().write(true).open(from)?.sync_all()?;
+    std::fs::rename(from, to)?;
+    match File::open(parent_dir(to)).and_then(|dir| dir.sync_all()) {
+        Ok(()) => {}
+        // Not every platform or filesystem syncs directories; the rename has happened all the same.
+        Err(error) => tracing::debug!(path = %to.display(), %error, "could not sync the directory"),
+    }
+    Ok(())
 }
 
 fn unregister(path: &Path) {
@@ -131,15 +166,13 @@ impl PendingFile {
         self.writer.as_mut().ok_or_else(|| io::Error::other("output already committed"))
     }
 
-    /// Flushes, closes and renames the file into place.
+    /// Flushes, closes and renames the file into place ([`rename_durably`]).
     pub(crate) fn commit(mut self) -> io::Result<()> {
         let writer = self.writer.take().ok_or_else(|| io::Error::other("output already committed"))?;
         let file = writer.into_inner().map_err(|e| e.into_error())?;
         drop(file);
         let temp = self.temp.take().ok_or_else(|| io::Error::other("output already committed"))?;
-        std::fs::rename(temp.path(), &self.final_path)?;
-        temp.keep();
-        Ok(())
+        temp.persist(&self.final_path)
     }
 }
 
@@ -197,7 +230,6 @@ pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
 #[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
-    use std::io::Write;
 
     #[test]
     fn dropped_file_leaves_nothing_and_committed_file_appears() {
@@ -214,6 +246,49 @@ mod tests {
         pending.writer().unwrap().write_all(b"done").unwrap();
         pending.commit().unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"done");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn write_atomically_replaces_the_file_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.json");
+        write_atomically(&path, b"one").unwrap();
+        write_atomically(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert!(write_atomically(&dir.path().join("missing/a.json"), b"x").is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_old_file_and_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.json");
+        write_atomically(&path, b"old").unwrap();
+        // A temporary file that cannot be renamed over a directory: the rename fails after the data is written.
+        let target = dir.path().join("sub");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("x"), b"").unwrap();
+        assert!(write_atomically(&target, b"new").is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names.iter().all(|n| !n.contains(TEMP_MARK)), "{names:?}");
+    }
+
+    #[test]
+    fn temporary_names_follow_the_one_scheme() {
+        let dir = tempfile::tempdir().unwrap();
+        let temp = TemporaryPath::new(&dir.path().join("out.gguf"), "f16");
+        let name = temp.path().file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(name, format!(".out.gguf.f16{TEMP_MARK}{}", std::process::id()));
+        std::fs::write(temp.path(), b"x").unwrap();
+        temp.persist(&dir.path().join("out.gguf")).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("out.gguf")).unwrap(), b"x");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 

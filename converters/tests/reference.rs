@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use phi_converters::gguf::{GgmlType, GgufFile, MetadataValue};
-use phi_converters::{inspect, ConvertProgress, Layout, OutType, SourceDtype, TokenizerOrigin};
+use phi_converters::{
+    gguf_model_config, inspect, CheckpointReader, ConvertProgress, Layout, OutType, SourceDtype, TokenizerOrigin,
+};
 use safetensors::SafeTensors;
 use support::{convert_fixture, fixtures, options};
 
@@ -79,6 +81,57 @@ fn tiny_phi_f16_is_byte_identical_to_the_reference_converter() {
     let last = progress.last().unwrap();
     assert_eq!((last.index, last.tensor_count, last.bytes_done), (32, 33, last.bytes_total));
     assert!(progress.windows(2).all(|w| w[0].bytes_done <= w[1].bytes_done));
+}
+
+#[test]
+fn hyperparameters_read_back_from_a_gguf_are_the_checkpoints() {
+    // llama.cpp's converter wrote the reference; ours writes the same keys for every fixture.
+    let config = inspect(&fixtures().join("tiny-phi")).unwrap().config;
+    assert_eq!(gguf_model_config(&GgufFile::open(reference_path()).unwrap()).unwrap(), config);
+    let dir = tempfile::tempdir().unwrap();
+    for model in ["tiny-phi", "tiny-phi-hf4", "tiny-phi-legacy", "tiny-phi-sharded-bf16"] {
+        let (output, _) = convert_fixture(model, OutType::F32, dir.path());
+        let read_back = gguf_model_config(&GgufFile::open(&output).unwrap()).unwrap();
+        assert_eq!(read_back, inspect(&fixtures().join(model)).unwrap().config, "{model}");
+    }
+}
+
+#[test]
+fn the_checkpoint_reader_gives_the_gguf_tensors_of_either_layout() {
+    // The same weights in the transformers layout and phi-msft's (fused Wqkv): the reader names and splits them as
+    // the converter does, so both read as the reference GGUF's tensors, in its order, with its shapes.
+    let reference = GgufFile::open(reference_path()).unwrap();
+    let expected: Vec<(String, Vec<usize>)> = reference
+        .tensors()
+        .iter()
+        .map(|t| (t.name.clone(), t.dims.iter().rev().map(|&d| d as usize).collect()))
+        .collect();
+    for model in ["tiny-phi", "tiny-phi-legacy"] {
+        let reader = CheckpointReader::open(&fixtures().join(model)).unwrap();
+        let views: Vec<_> = reader.tensors().collect();
+        let actual: Vec<(String, Vec<usize>)> = views.iter().map(|v| (v.name.to_owned(), v.shape.clone())).collect();
+        assert_eq!(actual, expected, "{model}");
+        for view in &views {
+            let elements: usize = view.shape.iter().product();
+            assert_eq!(view.data.len(), elements * view.dtype.element_size(), "{model}: {}", view.name);
+        }
+        assert_eq!(reader.info().tensor_count, expected.len());
+    }
+    // phi-msft's fused Wqkv comes as its q, k and v blocks of rows, in that order.
+    let legacy = CheckpointReader::open(&fixtures().join("tiny-phi-legacy")).unwrap();
+    let stored = std::fs::read(fixtures().join("tiny-phi-legacy/model.safetensors")).unwrap();
+    let stored = SafeTensors::deserialize(&stored).unwrap();
+    for part in ["weight", "bias"] {
+        let fused = stored.tensor(&format!("transformer.h.1.mixer.Wqkv.{part}")).unwrap();
+        let split: Vec<u8> = ["attn_q", "attn_k", "attn_v"]
+            .iter()
+            .flat_map(|name| {
+                let name = format!("blk.1.{name}.{part}");
+                legacy.tensors().find(|v| v.name == name).unwrap().data.to_vec()
+            })
+            .collect();
+        assert!(split == fused.data(), "blk.1 q, k, v {part}s are not Wqkv's rows");
+    }
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! Just enough Python lexing for the completion rules: brackets, strings, comments and indentation. It never fails:
-//! the code around a cursor is usually unfinished, so anything odd is taken as it comes.
+//! Just enough Python lexing for the completion rules and the chat TUI's code mode (`stop::code_block_end`):
+//! brackets, strings, comments and indentation. It never fails: the code around a cursor is usually unfinished, so
+//! anything odd is taken as it comes.
 
 /// A bracket, string or comment boundary found by [`LexState::step`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

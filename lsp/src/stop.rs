@@ -245,21 +245,27 @@ impl StopRule {
 ///
 /// Looking at `prompt + generated` line by line, the answer ends before the first line that starts a new top-level
 /// statement (anything at column 0 other than `else`/`elif`/`except`/`finally` or a closing bracket, outside a
-/// triple-quoted string) once the current top-level statement has an indented body, and only in generated text.
+/// triple-quoted string, as [`LexState`] lexes them) once the current top-level statement has an indented body, and
+/// only in generated text.
 /// Blank lines before that line are dropped. So `def f():` + `    return 1\n\ndef g` ends after `return 1`, and a
 /// comment or `print(…)` at column 0 after the body ends it too.
 pub fn code_block_end(prompt: &str, generated: &str) -> Option<usize> {
     let text = format!("{prompt}{generated}");
     let generated_start = prompt.len();
     let mut body_seen = false;
-    let mut in_string: Option<&'static str> = None;
+    let mut lex = LexState::default();
     let mut line_start = 0;
     while line_start < text.len() {
         let line_end = text[line_start..].find('\n').map(|i| line_start + i);
         let complete = line_end.is_some();
         let line = &text[line_start..line_end.unwrap_or(text.len())];
-        let string_at_start = in_string.is_some();
-        in_string = scan_triple_quotes(line, in_string);
+        // Only a triple-quoted string outlives its line.
+        let string_at_start = lex.string.is_some();
+        let mut i = line_start;
+        let after_line = line_end.map_or(text.len(), |end| end + 1);
+        while i < after_line {
+            i += lex.step(&text[i..]).0;
+        }
 
         if !string_at_start && !line.trim().is_empty() {
             let first = line.chars().next().unwrap_or(' ');
@@ -302,36 +308,6 @@ fn continues_statement(line: &str, complete: bool) -> bool {
 fn continues_statement_undecided(line: &str, complete: bool) -> bool {
     let word: String = line.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
     !complete && word.len() == line.len() && CONTINUATIONS.iter().any(|k| k.starts_with(word.as_str()))
-}
-
-/// The triple-quote state after a line.
-fn scan_triple_quotes(line: &str, mut state: Option<&'static str>) -> Option<&'static str> {
-    let mut rest = line;
-    loop {
-        match state {
-            Some(delimiter) => match rest.find(delimiter) {
-                Some(i) => {
-                    rest = &rest[i + 3..];
-                    state = None;
-                }
-                None => return state,
-            },
-            None => {
-                // A comment ends the scan (quotes inside it do not count).
-                let code = rest.split('#').next().unwrap_or("");
-                let double = code.find("\"\"\"");
-                let single = code.find("'''");
-                let (i, delimiter) = match (double, single) {
-                    (Some(d), Some(s)) if s < d => (s, "'''"),
-                    (Some(d), _) => (d, "\"\"\""),
-                    (None, Some(s)) => (s, "'''"),
-                    (None, None) => return None,
-                };
-                rest = &rest[i + 3..];
-                state = Some(delimiter);
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -441,6 +417,15 @@ mod tests {
             end("def f():\n    '''\n", "Docs.\n'''\n    return 1\nx = 2"),
             Some("Docs.\n'''\n    return 1".into())
         );
+    }
+
+    #[test]
+    fn quotes_are_lexed_as_python_lexes_them() {
+        // A triple quote inside a one-line string, or after a `#` inside one, is not a docstring.
+        let prompt = "def f():\n    s = '\"\"\"'\n";
+        assert_eq!(end(prompt, "    return s\nx = 1"), Some("    return s".into()));
+        let prompt = "def f():\n    s = \"#\" + '''\n";
+        assert_eq!(end(prompt, "x = 1\n'''\n    return s\ny = 2"), Some("x = 1\n'''\n    return s".into()));
     }
 
     #[test]

@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use phi_converters::{ConvertSummary, OutType, TokenizerOrigin};
 use phi_tui::convert::{CheckpointConversion, ConvertStage};
+
+use super::progress::{self, Unit};
 
 #[derive(Args, Debug)]
 pub struct ConvertArgs {
@@ -78,12 +79,7 @@ pub(super) fn convert_with_progress(
     output: &Path,
     conversion: &CheckpointConversion,
 ) -> anyhow::Result<ConvertSummary> {
-    // indicatif draws only when stderr is a terminal.
-    let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} [{bar:30}] {eta} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
+    let bar = progress::bar(0, "converting", Unit::Bytes);
     let mut on_stage = |stage: ConvertStage<'_>| match stage {
         ConvertStage::Converting(progress) => {
             bar.set_length(progress.bytes_total);
@@ -91,7 +87,7 @@ pub(super) fn convert_with_progress(
             bar.set_message(format!("{}/{} {}", progress.index + 1, progress.tensor_count, progress.tensor));
         }
         ConvertStage::Quantizing(out_type) => {
-            bar.set_style(ProgressStyle::default_spinner());
+            bar.set_style(progress::spinner_style());
             bar.set_message(format!("quantizing to {out_type} with llama.cpp"));
             bar.enable_steady_tick(std::time::Duration::from_millis(120));
         }

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use phi_tui::datagen::teacher::decimal;
 use phi_tui::datagen::{
     DatagenOptions, Decontaminator, Diversity, Ending, EngineTeacher, GenerationSettings, Kind, OpenAiApi,
@@ -19,7 +18,8 @@ use phi_tui::engine::Engine;
 use phi_tui::eval;
 use phi_tui::sandbox::{Sandbox, SandboxLimits};
 
-use super::eval::Stop;
+use super::interrupt::Interrupt;
+use super::progress::{self, Unit};
 use super::RuntimeArgs;
 
 #[derive(Args, Debug)]
@@ -151,14 +151,10 @@ pub fn run(args: DatagenArgs) -> anyhow::Result<ExitCode> {
         near_duplicate_threshold: args.near_dup,
         min_chars: args.min_chars,
         require_tests: !args.allow_untested,
-        limits: SandboxLimits {
-            cpu_time: cpu,
-            wall_time: cpu * 2 + Duration::from_secs(2),
-            ..SandboxLimits::default()
-        },
+        limits: SandboxLimits::with_cpu_time(cpu),
     };
     let files = OutputFiles::beside(&args.out, args.resume);
-    let stop = Stop::install()?;
+    let stop = Interrupt::install("finishing the samples in flight", || {})?;
     let runtime = super::runtime()?;
     let result = runtime.block_on(async {
         let teacher: Arc<dyn Teacher> = match (&args.model, &args.teacher_url) {
@@ -189,11 +185,7 @@ pub fn run(args: DatagenArgs) -> anyhow::Result<ExitCode> {
             let samples = pipeline.dedup_against(path)?;
             eprintln!("deduplicating against {} samples of {}", samples, path.display());
         }
-        let bar = ProgressBar::new(options.count).with_style(
-            ProgressStyle::with_template("{spinner} kept {pos}/{len} [{bar:30}] {msg} ETA {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
+        let bar = progress::bar(options.count, "kept", Unit::Items);
         let mut on_progress = |tally: &Tally| {
             bar.set_position(tally.kept);
             bar.set_message(format!("generated {} · rejected {}", tally.generated, tally.rejections()));

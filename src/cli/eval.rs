@@ -4,18 +4,20 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
-use phi_tui::engine::{Engine, EngineError, GenerateRequest, Prompt, SamplingParams, SequenceId};
-use phi_tui::eval::{self, Benchmark, Executor, Report, ResultWriter, SampleResult, Task};
+use indicatif::ProgressBar;
+use phi_tui::engine::{Engine, EngineError};
+use phi_tui::eval::{
+    self, plan, Benchmark, Executor, GenerationPlan, Report, ResultWriter, SampleResult, Tally, Task, WorkItem,
+};
 use phi_tui::sandbox::{Sandbox, SandboxLimits};
-use tokio::sync::Notify;
 
+use super::interrupt::Interrupt;
+use super::progress::{self, Unit};
 use super::RuntimeArgs;
 
 #[derive(Args, Debug)]
@@ -94,7 +96,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     }
     if args.no_exec {
         let Some(from) = &args.from else { anyhow::bail!("--no-exec needs --from") };
-        let results = in_scope(eval::read_results(from)?, &tasks);
+        let results = plan::in_scope(eval::read_results(from)?, &tasks);
         print_report(&args, &Report::new(&results), None, started.elapsed(), None, None);
         return Ok(ExitCode::SUCCESS);
     }
@@ -103,66 +105,46 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     }
     let sandbox = Sandbox::detect().context("setting up the sandbox for running Python")?;
     tracing::info!(isolation = %sandbox.isolation(), "sandbox");
-    let cpu = Duration::from_secs_f64(args.timeout);
     let limits = SandboxLimits {
-        cpu_time: cpu,
-        wall_time: cpu * 2 + Duration::from_secs(2),
         memory_bytes: args.memory_mb.saturating_mul(1 << 20),
-        ..SandboxLimits::default()
+        ..SandboxLimits::with_cpu_time(Duration::from_secs_f64(args.timeout))
     };
-    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() / 2)).max(1);
+    let jobs = args.jobs.unwrap_or_else(plan::default_jobs).max(1);
 
-    let stop = Stop::install()?;
+    let stop = Interrupt::install("finishing the programs that are running", || {})?;
     let mut previous = Vec::new();
-    let mut done: HashSet<(String, u32)> = HashSet::new();
+    let mut done = HashSet::new();
     if args.resume {
         if let Some(out) = args.out.as_deref().filter(|out| out.exists()) {
-            previous = in_scope(eval::read_results(out)?, &tasks);
+            previous = plan::in_scope(eval::read_results(out)?, &tasks);
             done = previous.iter().map(|r| (r.task_id.clone(), r.sample)).collect();
             eprintln!("resuming: {} samples already in {}", previous.len(), out.display());
         }
     }
-    // What to run: (task index, sample, completion if it is already known).
-    let index_of = |task_id: &str| tasks.iter().position(|t| t.task_id == task_id);
-    let work: Vec<(usize, u32, Option<String>)> = match (&args.completions, &args.from) {
+    let work = match (&args.completions, &args.from) {
         (Some(path), _) | (None, Some(path)) => {
-            let mut work = Vec::new();
-            let mut skipped = 0usize;
-            for completion in eval::read_completions(path, args.benchmark)? {
-                match index_of(&completion.task_id) {
-                    Some(index) => work.push((index, completion.sample, Some(completion.completion))),
-                    None => skipped += 1,
-                }
-            }
+            let (work, skipped) = plan::scoring_work(&tasks, eval::read_completions(path, args.benchmark)?);
             if skipped > 0 {
                 eprintln!("skipping {skipped} completions of tasks outside the evaluated set");
             }
             work
         }
-        (None, None) => (0..tasks.len())
-            .flat_map(|task| (0..args.samples).map(move |sample| (task, sample, None)))
-            .filter(|(task, sample, _)| !done.contains(&(tasks[*task].task_id.clone(), *sample)))
-            .collect(),
+        (None, None) => plan::generation_work(&tasks, args.samples, &done),
     };
 
     // Opened only now: --out may be the --from file, which truncating would have emptied before it was read.
-    let mut writer = match &args.out {
+    let writer = match &args.out {
         Some(out) => Some(ResultWriter::open(out, args.resume)?),
         None => None,
     };
-    let bar = ProgressBar::new(work.len() as u64).with_style(
-        ProgressStyle::with_template("{spinner} {pos}/{len} [{bar:30}] {msg} ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
+    let bar = progress::bar(work.len() as u64, "", Unit::Items);
     let tasks = Arc::new(tasks);
     let mut executor = Executor::start(tasks.clone(), sandbox.clone(), limits, jobs);
-    let mut progress = Progress { bar: &bar, writer: writer.as_mut(), results: previous, passed: 0, finished: 0 };
-    progress.passed = progress.results.iter().filter(|r| r.passed).count();
+    let mut progress = Progress { bar: &bar, writer, tally: Tally::resumed(previous) };
 
     let runtime = super::runtime()?;
     let generation_time = runtime.block_on(async {
-        let generating = work.iter().any(|(_, _, completion)| completion.is_none());
+        let generating = work.iter().any(|item| item.completion.is_none());
         let mut generation_time = None;
         if generating {
             let model = super::model_path(args.model.as_deref())?;
@@ -170,8 +152,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
             generate_all(&args, &model, &tasks, &work, &mut executor, &mut progress, &stop).await?;
             generation_time = Some(generate_started.elapsed());
         } else {
-            for (task, sample, completion) in &work {
-                executor.submit(*task, *sample, completion.clone().unwrap_or_default());
+            for item in &work {
+                executor.submit(item.task, item.sample, item.completion.clone().unwrap_or_default());
             }
         }
         executor.close();
@@ -181,17 +163,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
                     Some(result) => progress.record(result)?,
                     None => break,
                 },
-                () = stop.notified() => {
-                    bar.suspend(|| eprintln!("interrupted: finishing the programs that are running (Ctrl-C again to quit now)"));
-                    executor.cancel();
-                }
+                () = stop.notified() => executor.cancel(),
             }
         }
         anyhow::Ok(generation_time)
     })?;
     bar.finish_and_clear();
-    let interrupted = stop.requested().then_some((progress.finished, work.len()));
-    let report = Report::new(&progress.results);
+    let interrupted = stop.requested().then_some((progress.tally.finished, work.len()));
+    let report = Report::new(&progress.tally.results);
     print_report(&args, &report, Some(&sandbox), started.elapsed(), generation_time, interrupted);
     Ok(if interrupted.is_some() { ExitCode::from(130) } else { ExitCode::SUCCESS })
 }
@@ -202,10 +181,10 @@ async fn generate_all(
     args: &EvalArgs,
     model: &Path,
     tasks: &[Task],
-    work: &[(usize, u32, Option<String>)],
+    work: &[WorkItem],
     executor: &mut Executor,
     progress: &mut Progress<'_>,
-    stop: &Stop,
+    stop: &Interrupt,
 ) -> anyhow::Result<()> {
     let engine = Engine::start(args.runtime.engine_options(1)?)?;
     progress.bar.set_message("loading the model");
@@ -213,29 +192,20 @@ async fn generate_all(
     if let Some(lora) = &args.lora {
         engine.set_adapter(lora, args.lora_scale).await.with_context(|| format!("applying {}", lora.display()))?;
     }
-    let temperature = args.temperature.unwrap_or(if args.samples > 1 { 0.8 } else { 0.0 });
-    if args.samples > 1 && temperature == 0.0 {
+    let generation =
+        GenerationPlan::new(args.benchmark, args.samples, args.temperature, args.top_p, args.seed, args.max_tokens);
+    if args.samples > 1 && generation.temperature == 0.0 {
         progress
             .bar
             .suspend(|| eprintln!("warning: greedy decoding gives {} identical samples per task", args.samples));
     }
-    let stops = args.benchmark.stop_strings();
-    for (task_index, sample, _) in work {
+    for item in work {
         if stop.requested() {
             break;
         }
-        let task = &tasks[*task_index];
-        let mut request = GenerateRequest::new(SequenceId(0), Prompt::Text(task.prompt.clone()));
-        request.max_tokens = args.max_tokens;
-        request.stop_strings = stops.clone();
-        request.sampling = SamplingParams {
-            temperature,
-            top_p: if temperature > 0.0 { args.top_p } else { 1.0 },
-            seed: args.seed.wrapping_add((*task_index as u32).wrapping_mul(1000)).wrapping_add(*sample),
-            ..SamplingParams::default()
-        };
+        let task = &tasks[item.task];
         progress.set_message(&format!("generating {}", task.task_id));
-        let generation = engine.generate(request).finish();
+        let generation = engine.generate(generation.request(tasks, item)).finish();
         tokio::pin!(generation);
         let summary = loop {
             tokio::select! {
@@ -255,7 +225,7 @@ async fn generate_all(
             Some(Err(error @ EngineError::PromptTooLong { .. })) => {
                 progress.record(SampleResult {
                     task_id: task.task_id.clone(),
-                    sample: *sample,
+                    sample: item.sample,
                     completion: String::new(),
                     passed: false,
                     result: format!("failed: {error}"),
@@ -266,86 +236,30 @@ async fn generate_all(
             }
             Some(Err(error)) => return Err(error).with_context(|| format!("generating {}", task.task_id)),
         };
-        executor.submit(*task_index, *sample, completion);
+        executor.submit(item.task, item.sample, completion);
     }
     Ok(())
 }
 
+/// The run's tally, shown on the progress bar.
 struct Progress<'a> {
     bar: &'a ProgressBar,
-    writer: Option<&'a mut ResultWriter>,
-    /// Every result of the run, those resumed from --out included.
-    results: Vec<SampleResult>,
-    passed: usize,
-    /// Results of this invocation.
-    finished: usize,
+    writer: Option<ResultWriter>,
+    tally: Tally,
 }
 
 impl Progress<'_> {
     fn record(&mut self, result: SampleResult) -> anyhow::Result<()> {
-        if let Some(writer) = self.writer.as_deref_mut() {
-            writer.write(&result)?;
-        }
-        self.passed += usize::from(result.passed);
-        self.finished += 1;
-        self.results.push(result);
+        self.tally.record(result, self.writer.as_mut())?;
         self.bar.inc(1);
         self.set_message("");
         Ok(())
     }
 
     fn set_message(&self, activity: &str) {
-        let total = self.results.len();
-        let rate = if total > 0 { 100.0 * self.passed as f64 / total as f64 } else { 0.0 };
         let separator = if activity.is_empty() { "" } else { " · " };
-        self.bar.set_message(format!("passed {}/{total} ({rate:.1}%){separator}{activity}", self.passed));
+        self.bar.set_message(format!("{}{separator}{activity}", self.tally.summary()));
     }
-}
-
-/// Ctrl-C: the first press asks the run to stop (finished results are kept), the second quits at once.
-pub(super) struct Stop {
-    requested: Arc<AtomicBool>,
-    notify: Arc<Notify>,
-}
-
-impl Stop {
-    pub(super) fn install() -> anyhow::Result<Self> {
-        let requested = Arc::new(AtomicBool::new(false));
-        let notify = Arc::new(Notify::new());
-        let (handler_requested, handler_notify) = (requested.clone(), notify.clone());
-        ctrlc::set_handler(move || {
-            if handler_requested.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            // notify_one keeps a permit when nobody waits yet, so the press is seen at the next await.
-            handler_notify.notify_one();
-        })
-        .context("installing the Ctrl-C handler")?;
-        Ok(Self { requested, notify })
-    }
-
-    fn requested(&self) -> bool {
-        self.requested.load(Ordering::SeqCst)
-    }
-
-    pub(super) async fn notified(&self) {
-        self.notify.notified().await;
-    }
-
-    /// Passes a consumed notification on to the next waiter.
-    fn notify_again(&self) {
-        self.notify.notify_one();
-    }
-}
-
-/// Keeps the results of tasks in the evaluated set (e.g. under a smaller --limit), one per task/sample pair.
-fn in_scope(results: Vec<SampleResult>, tasks: &[Task]) -> Vec<SampleResult> {
-    let ids: HashSet<&str> = tasks.iter().map(|t| t.task_id.as_str()).collect();
-    let mut seen = HashSet::new();
-    results
-        .into_iter()
-        .filter(|r| ids.contains(r.task_id.as_str()) && seen.insert((r.task_id.clone(), r.sample)))
-        .collect()
 }
 
 fn print_report(

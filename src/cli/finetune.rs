@@ -10,18 +10,17 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use phi_tui::finetune::live::LiveControl;
 use phi_tui::finetune::{
-    self, AdamWConfig, BaseModel, DataOptions, LoraAdapter, LoraTarget, ScheduleKind, TrainEvent, TrainOptions, Trainer,
+    self, AdamWConfig, AdapterShape, BaseModel, DataOptions, LoraAdapter, ScheduleKind, TrainEvent, TrainOptions,
 };
 use phi_tui::session::client::DaemonSession;
 use phi_tui::session::paths::SessionPaths;
 use phi_tui::session::{watch_interactive, ClientKind, SharedSession};
 
-const DEFAULT_TARGETS: &str = "q_proj,k_proj,v_proj,dense,fc1,fc2";
-const DEFAULT_RANK: usize = 8;
-const DEFAULT_ALPHA: f32 = 16.0;
+use super::interrupt::Interrupt;
+use super::progress::{self, Unit};
+
 /// With --live, validation (and so a possible push) every this many steps unless --eval-every says otherwise.
 const LIVE_EVAL_EVERY: u64 = 10;
 
@@ -152,9 +151,7 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
 
     let model = BaseModel::load(base_path, &device)?;
     let config = &model.config;
-    if args.seq_len > config.context_length {
-        bail!("--seq-len {} is longer than the model's context of {} tokens", args.seq_len, config.context_length);
-    }
+    finetune::plan::check_seq_len(config, args.seq_len)?;
     tracing::info!(
         layers = config.num_layers,
         hidden = config.hidden_size,
@@ -162,14 +159,9 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
         "loaded base {}",
         base_path.display()
     );
-    let tokenizer = finetune::load_tokenizer(&model.source)?;
-    let data_options = DataOptions {
-        seq_len: args.seq_len,
-        val_fraction: args.val_fraction,
-        seed: args.seed,
-        vocab_size: Some(config.vocab_size),
-    };
-    let data = finetune::load_dataset(data_path, &tokenizer, &data_options)?;
+    let data_options =
+        DataOptions { seq_len: args.seq_len, val_fraction: args.val_fraction, seed: args.seed, vocab_size: None };
+    let data = finetune::plan::load_data(&model, data_path, data_options)?;
     eprintln!(
         "data: {} training sequences ({} tokens), {} validation sequences",
         data.train.len(),
@@ -199,29 +191,15 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
         save_every: args.save_every,
         eval_every: args.eval_every.unwrap_or(if args.live { LIVE_EVAL_EVERY } else { 0 }),
     };
-    let mut trainer = if args.resume {
-        let trainer = Trainer::resume(&model, &data, options)?;
-        check_matches(&args, &trainer.adapter(), "the checkpoint")?;
-        trainer
-    } else {
-        let adapter = initial_adapter(&args, &model)?;
-        Trainer::new(&model, &data, adapter, options)?
-    };
+    let shape = AdapterShape { rank: args.rank, alpha: args.alpha, targets: args.targets.clone() };
+    let mut trainer =
+        finetune::plan::start_trainer(&model, &data, options, &shape, args.resume, args.init_adapter.as_deref())?;
 
     let live = args.live.then(LiveSession::connect).transpose()?;
     let busy = live.as_ref().map(|l| Arc::clone(&l.busy));
     let control = Arc::new(LiveControl::new(move || busy.as_ref().is_some_and(|b| b.load(Ordering::SeqCst))));
-    let stopping = AtomicBool::new(false);
     let handler_control = Arc::clone(&control);
-    ctrlc::set_handler(move || {
-        if stopping.swap(true, Ordering::SeqCst) {
-            // A second Ctrl-C: the user does not want to wait for the step to finish.
-            std::process::exit(130);
-        }
-        handler_control.stop();
-        eprintln!("\ninterrupted: finishing this step and saving a checkpoint (Ctrl-C again to quit now)");
-    })
-    .context("installing the Ctrl-C handler")?;
+    Interrupt::install("finishing this step and saving a checkpoint", move || handler_control.stop())?;
 
     let mut log = match &args.log {
         Some(path) => Some(std::io::BufWriter::new(
@@ -235,11 +213,7 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
         )),
         None => None,
     };
-    let bar = ProgressBar::new(trainer.total_steps()).with_style(
-        ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:30}] {msg} ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
+    let bar = progress::bar(trainer.total_steps(), "step", Unit::Items);
     let mut log_error = None;
     let adapter_name = finetune::gguf_adapter::name_from_path(&args.out);
     let mut best: Option<LoraAdapter> = None;
@@ -389,50 +363,6 @@ impl LiveSession {
         self.runtime.block_on(self.session.set_adapter(path, 1.0))?;
         Ok(())
     }
-}
-
-/// The adapter a new run starts from: the `--init-adapter`, or a fresh one.
-fn initial_adapter(args: &FinetuneArgs, model: &BaseModel) -> anyhow::Result<LoraAdapter> {
-    match &args.init_adapter {
-        Some(path) => {
-            let adapter = finetune::read_adapter(path, Some(&model.config))?;
-            check_matches(args, &adapter, &path.display().to_string())?;
-            adapter.check_fits(&model.config, path)?;
-            Ok(adapter)
-        }
-        None => {
-            let targets = LoraTarget::parse_list(args.targets.as_deref().unwrap_or(DEFAULT_TARGETS))?;
-            Ok(LoraAdapter::init_random(
-                &model.config,
-                args.rank.unwrap_or(DEFAULT_RANK),
-                args.alpha.unwrap_or(DEFAULT_ALPHA),
-                &targets,
-                args.seed,
-            )?)
-        }
-    }
-}
-
-/// An adapter that training continues from defines rank, alpha and targets; the ones given explicitly must agree.
-fn check_matches(args: &FinetuneArgs, adapter: &LoraAdapter, origin: &str) -> anyhow::Result<()> {
-    if let Some(rank) = args.rank {
-        if rank != adapter.rank {
-            bail!("--rank {rank} does not match {origin}, which has rank {}", adapter.rank);
-        }
-    }
-    if let Some(alpha) = args.alpha {
-        if alpha != adapter.alpha {
-            bail!("--alpha {alpha} does not match {origin}, which has alpha {}", adapter.alpha);
-        }
-    }
-    if let Some(targets) = &args.targets {
-        let wanted = LoraTarget::parse_list(targets)?;
-        if wanted != adapter.targets() {
-            let have: Vec<String> = adapter.targets().iter().map(ToString::to_string).collect();
-            bail!("--targets {targets} does not match {origin}, which adapts {}", have.join(","));
-        }
-    }
-    Ok(())
 }
 
 fn import(base: Option<&Path>, peft_dir: &Path, out: &Path, device: &candle_core::Device) -> anyhow::Result<ExitCode> {

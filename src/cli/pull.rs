@@ -10,6 +10,8 @@ use phi_converters::OutType;
 use phi_tui::hub::{FetchEvent, Hub};
 use phi_tui::models::{self, PullEvent, PullRequest, Registry, KNOWN_MODELS};
 
+use super::progress::{self, Unit};
+
 #[derive(Args, Debug)]
 #[command(after_help = known_models_help())]
 pub struct PullArgs {
@@ -103,14 +105,10 @@ impl PullDisplay {
         PullDisplay { bar: ProgressBar::hidden(), stage: None }
     }
 
-    fn stage(&mut self, name: &'static str, template: &str) {
+    fn stage(&mut self, name: &'static str, style: ProgressStyle) {
         if self.stage != Some(name) {
             self.bar.finish_and_clear();
-            self.bar = ProgressBar::new(0).with_style(
-                ProgressStyle::with_template(template)
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-            );
+            self.bar = ProgressBar::new(0).with_style(style);
             self.stage = Some(name);
         }
     }
@@ -122,10 +120,7 @@ impl PullDisplay {
                 eprintln!("{reason}: using the copy of {repo} in the Hugging Face cache (unchecked without the hub)")
             }
             PullEvent::Download(FetchEvent::Progress { file, done, total }) => {
-                self.stage(
-                    "download",
-                    "{spinner} downloading {bytes}/{total_bytes} [{bar:30}] {bytes_per_sec} {eta} {msg}",
-                );
+                self.stage("download", progress::style("downloading", Unit::Bytes));
                 self.bar.set_length(total);
                 self.bar.set_position(done);
                 self.bar.set_message(file);
@@ -138,13 +133,13 @@ impl PullDisplay {
                 self.bar.suspend(|| eprintln!("{file}: does not match the hub's hash; fetching it again"))
             }
             PullEvent::Converting { out_type, done, total } => {
-                self.stage("convert", "{spinner} converting {bytes}/{total_bytes} [{bar:30}] {eta} {msg}");
+                self.stage("convert", progress::style("converting", Unit::Bytes));
                 self.bar.set_length(total);
                 self.bar.set_position(done);
                 self.bar.set_message(format!("to {out_type}"));
             }
             PullEvent::Quantizing { out_type } => {
-                self.stage("quantize", "{spinner} {msg}");
+                self.stage("quantize", progress::spinner_style());
                 self.bar.set_message(format!("quantizing to {out_type} with llama.cpp"));
                 self.bar.enable_steady_tick(std::time::Duration::from_millis(120));
             }

@@ -18,6 +18,7 @@
 mod dataset;
 mod exec;
 mod passk;
+pub mod plan;
 mod results;
 
 use std::path::PathBuf;
@@ -25,6 +26,7 @@ use std::path::PathBuf;
 pub use dataset::{load_tasks, problem_texts, Benchmark, BenchmarkData, Task, MBPP_EVAL_TASKS, MBPP_FEW_SHOT_TASKS};
 pub use exec::{score, score_all, Executor};
 pub use passk::{pass_at_k, report_ks, Report};
+pub use plan::{GenerationPlan, Tally, WorkItem};
 pub use results::{read_completions, read_results, Completion, ResultWriter, SampleResult, Verdict};
 
 /// Errors of the evaluation harness.

@@ -14,10 +14,11 @@
 
 use std::path::{Path, PathBuf};
 
+use phi_converters::ModelConfig;
 use tokenizers::Tokenizer;
 
 use super::error::{FinetuneError, Result};
-use super::model::{BaseSource, DeviceBatch, PhiConfig};
+use super::model::{BaseSource, DeviceBatch};
 use super::rng::{Fnv64, SplitMix64};
 
 /// `<|endoftext|>` of the phi tokenizer: ends every text and document.
@@ -70,7 +71,7 @@ pub struct Dataset {
 
 impl Dataset {
     /// Checks every id against the model's vocabulary and every length against `seq_len`.
-    pub fn check_fits(&self, config: &PhiConfig, seq_len: usize) -> Result<()> {
+    pub fn check_fits(&self, config: &ModelConfig, seq_len: usize) -> Result<()> {
         for (i, sequence) in self.train.iter().chain(&self.validation).enumerate() {
             if let Some(&bad) = sequence.ids.iter().find(|&&id| id as usize >= config.vocab_size) {
                 return Err(FinetuneError::data(

@@ -15,10 +15,10 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use phi_converters::gguf::{padding, write_zeros, GgmlType, GgufFile, GgufHeader, MetadataValue};
+use phi_converters::ModelConfig;
 
 use super::error::{FinetuneError, Result};
 use super::lora::{LoraAdapter, LoraPair, LoraTarget, Matrix};
-use super::model::PhiConfig;
 use super::peft::{read_peft, write_atomically};
 
 /// The tensor name of one LoRA matrix in the GGUF (`matrix` is `a` or `b`).
@@ -140,7 +140,7 @@ pub fn read_adapter_gguf(path: &Path) -> Result<LoraAdapter> {
 }
 
 /// Reads an adapter given as a PEFT directory or a llama.cpp GGUF.
-pub fn read_adapter(path: &Path, config: Option<&PhiConfig>) -> Result<LoraAdapter> {
+pub fn read_adapter(path: &Path, config: Option<&ModelConfig>) -> Result<LoraAdapter> {
     if path.is_dir() {
         read_peft(path, config)
     } else if path.is_file() {
@@ -152,7 +152,7 @@ pub fn read_adapter(path: &Path, config: Option<&PhiConfig>) -> Result<LoraAdapt
 
 /// Converts a PEFT adapter directory into a llama.cpp GGUF (what `convert_lora_to_gguf.py --outtype f32` does).
 /// With `config`, the adapter is checked against that base model first.
-pub fn import_peft(dir: &Path, output: &Path, config: Option<&PhiConfig>) -> Result<LoraAdapter> {
+pub fn import_peft(dir: &Path, output: &Path, config: Option<&ModelConfig>) -> Result<LoraAdapter> {
     let adapter = read_peft(dir, config)?;
     if let Some(config) = config {
         adapter.check_fits(config, dir)?;

@@ -223,7 +223,7 @@ impl Provenance {
     fn write(&self, run_dir: &Path) -> Result<()> {
         let path = run_dir.join(PROVENANCE_FILE);
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| FinetuneError::data(&path, None, e.to_string()))?;
-        crate::files::write_atomically(&path, &bytes).map_err(|e| FinetuneError::io(&path, "cannot write", e))
+        phi_converters::write_atomically(&path, &bytes).map_err(|e| FinetuneError::io(&path, "cannot write", e))
     }
 }
 

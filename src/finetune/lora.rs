@@ -5,8 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use phi_converters::ModelConfig;
+
 use super::error::{FinetuneError, Result};
-use super::model::PhiConfig;
 use super::rng::SplitMix64;
 
 /// A linear layer of a phi block that LoRA can adapt.
@@ -99,7 +100,7 @@ impl LoraTarget {
     }
 
     /// (input width, output width) of this layer in a model.
-    pub fn dims(self, config: &PhiConfig) -> (usize, usize) {
+    pub fn dims(self, config: &ModelConfig) -> (usize, usize) {
         let (hidden, inner, kv) = (config.hidden_size, config.intermediate_size, config.kv_dim());
         match self {
             LoraTarget::QProj | LoraTarget::Dense => (hidden, hidden),
@@ -174,7 +175,7 @@ impl LoraAdapter {
     /// A fresh adapter as PEFT initialises one: `A` kaiming-uniform (bound `1/sqrt(in)`, which is
     /// `kaiming_uniform_(a=sqrt(5))`), `B` zero — so training starts from the base model exactly.
     pub fn init_random(
-        config: &PhiConfig,
+        config: &ModelConfig,
         rank: usize,
         alpha: f32,
         targets: &BTreeSet<LoraTarget>,
@@ -205,7 +206,7 @@ impl LoraAdapter {
 
     /// Checks that every matrix fits `config` (layer index, input and output widths, rank), so that neither
     /// training nor llama.cpp meets a shape it cannot use. `origin` names the adapter in errors.
-    pub fn check_fits(&self, config: &PhiConfig, origin: &std::path::Path) -> Result<()> {
+    pub fn check_fits(&self, config: &ModelConfig, origin: &std::path::Path) -> Result<()> {
         let fail = |reason: String| Err(FinetuneError::adapter(origin, reason));
         if self.rank == 0 {
             return fail("rank 0".to_owned());

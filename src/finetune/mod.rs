@@ -21,6 +21,7 @@ pub mod lora;
 pub mod model;
 pub mod optim;
 pub mod peft;
+pub mod plan;
 pub(crate) mod rng;
 pub mod trainer;
 
@@ -29,9 +30,10 @@ pub use data::{load_dataset, load_tokenizer, DataOptions, Dataset, Sequence, END
 pub use error::{FinetuneError, Result};
 pub use gguf_adapter::{import_peft, read_adapter, read_adapter_gguf, write_adapter_gguf, write_adapter_gguf_at_step};
 pub use lora::{LoraAdapter, LoraPair, LoraTarget, Matrix};
-pub use model::{BaseModel, BaseSource, PhiConfig};
+pub use model::{BaseModel, BaseSource};
 pub use optim::{AdamW, AdamWConfig, Schedule, ScheduleKind};
 pub use peft::{read_peft, write_peft};
+pub use plan::AdapterShape;
 pub use trainer::{StepGate, StepReport, TrainEvent, TrainOptions, TrainOutcome, Trainer};
 
 /// The device training runs on: `cpu`, or `cuda` / `cuda:N` in a build with the `cuda` feature.

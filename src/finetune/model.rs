@@ -18,53 +18,11 @@ use std::sync::Arc;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Storage, Tensor, D};
 use phi_converters::gguf::{GgmlType, GgufFile};
-use phi_converters::Layout as CheckpointLayout;
+use phi_converters::{CheckpointReader, ModelConfig, SourceDtype};
 
 use super::cpu_ops;
 use super::error::{FinetuneError, Result};
 use super::lora::{LoraAdapter, LoraTarget};
-
-/// The hyperparameters of a phi model that the forward pass needs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PhiConfig {
-    pub vocab_size: usize,
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_layers: usize,
-    pub num_heads: usize,
-    pub num_kv_heads: usize,
-    /// The training context (`max_position_embeddings`, GGUF `context_length`).
-    pub context_length: usize,
-    pub layer_norm_eps: f64,
-    /// Rotary channels per head.
-    pub rope_dims: usize,
-    pub rope_theta: f64,
-}
-
-impl PhiConfig {
-    pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_heads
-    }
-
-    pub fn kv_dim(&self) -> usize {
-        self.num_kv_heads * self.head_dim()
-    }
-
-    fn from_converter(config: &phi_converters::ModelConfig) -> PhiConfig {
-        PhiConfig {
-            vocab_size: config.vocab_size,
-            hidden_size: config.hidden_size,
-            intermediate_size: config.intermediate_size,
-            num_layers: config.num_layers,
-            num_heads: config.num_heads,
-            num_kv_heads: config.num_kv_heads,
-            context_length: config.context_length,
-            layer_norm_eps: config.layer_norm_eps,
-            rope_dims: config.rope_dims,
-            rope_theta: config.rope_theta,
-        }
-    }
-}
 
 /// Where the base weights came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,7 +76,7 @@ impl Block {
 /// The frozen base model on a device.
 #[derive(Debug)]
 pub struct BaseModel {
-    pub config: PhiConfig,
+    pub config: ModelConfig,
     pub source: BaseSource,
     device: Device,
     embed: Tensor,
@@ -333,7 +291,7 @@ struct RopeTables {
 }
 
 impl RopeTables {
-    fn new(config: &PhiConfig, seq: usize) -> RopeTables {
+    fn new(config: &ModelConfig, seq: usize) -> RopeTables {
         let dims = config.rope_dims;
         let half = dims / 2;
         let theta = config.rope_theta as f32;
@@ -372,7 +330,7 @@ struct GraphAttention {
 }
 
 impl Attention {
-    fn new(config: &PhiConfig, device: &Device, batch: usize, seq: usize, fused: bool) -> Result<Attention> {
+    fn new(config: &ModelConfig, device: &Device, batch: usize, seq: usize, fused: bool) -> Result<Attention> {
         let (head_dim, rope_dims) = (config.head_dim(), config.rope_dims);
         let rope = RopeTables::new(config, seq);
         let graph = if fused {
@@ -500,79 +458,21 @@ impl CustomOp1 for FrozenMatmul {
     }
 }
 
-/// Canonical (GGUF) tensor name for a Hugging Face tensor name of either layout.
-fn canonical_name(name: &str, layout: CheckpointLayout) -> Option<String> {
-    let whole = match (layout, name) {
-        (CheckpointLayout::Transformers, "model.embed_tokens.weight")
-        | (CheckpointLayout::PhiMsft, "transformer.embd.wte.weight") => Some("token_embd.weight"),
-        (CheckpointLayout::Transformers, "model.final_layernorm.weight")
-        | (CheckpointLayout::PhiMsft, "lm_head.ln.weight") => Some("output_norm.weight"),
-        (CheckpointLayout::Transformers, "model.final_layernorm.bias")
-        | (CheckpointLayout::PhiMsft, "lm_head.ln.bias") => Some("output_norm.bias"),
-        (CheckpointLayout::Transformers, "lm_head.weight") | (CheckpointLayout::PhiMsft, "lm_head.linear.weight") => {
-            Some("output.weight")
-        }
-        (CheckpointLayout::Transformers, "lm_head.bias") | (CheckpointLayout::PhiMsft, "lm_head.linear.bias") => {
-            Some("output.bias")
-        }
-        _ => None,
-    };
-    if let Some(whole) = whole {
-        return Some(whole.to_owned());
-    }
-    let prefix = match layout {
-        CheckpointLayout::Transformers => "model.layers.",
-        CheckpointLayout::PhiMsft => "transformer.h.",
-    };
-    let rest = name.strip_prefix(prefix)?;
-    let (layer, rest) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (module, part) = rest.rsplit_once('.')?;
-    let gguf = match (layout, module) {
-        (CheckpointLayout::Transformers, "input_layernorm") | (CheckpointLayout::PhiMsft, "ln") => "attn_norm",
-        (CheckpointLayout::Transformers, "self_attn.q_proj") => "attn_q",
-        (CheckpointLayout::Transformers, "self_attn.k_proj") => "attn_k",
-        (CheckpointLayout::Transformers, "self_attn.v_proj") => "attn_v",
-        (CheckpointLayout::PhiMsft, "mixer.Wqkv") => "attn_qkv",
-        (CheckpointLayout::Transformers, "self_attn.dense") | (CheckpointLayout::PhiMsft, "mixer.out_proj") => {
-            "attn_output"
-        }
-        (_, "mlp.fc1") => "ffn_up",
-        (_, "mlp.fc2") => "ffn_down",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{gguf}.{part}"))
-}
-
 fn load_hf(dir: &Path, device: &Device) -> Result<BaseModel> {
-    // The converter's inspection validates config.json (all three styles), the tensor set and every shape.
-    let info = phi_converters::inspect(dir).map_err(|e| FinetuneError::base(dir, e.to_string()))?;
-    let config = PhiConfig::from_converter(&info.config);
+    // The converter's reader validates config.json (all three styles), the tensor set and every shape, and names
+    // each tensor as the GGUF would (phi-msft's fused `Wqkv` comes as its q, k and v rows).
+    let checkpoint = CheckpointReader::open(dir).map_err(|e| FinetuneError::base(dir, e.to_string()))?;
     let mut tensors = HashMap::new();
-    for file in &info.weight_files {
-        let bytes = std::fs::read(file).map_err(|e| FinetuneError::io(file, "cannot read file", e))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| FinetuneError::base(file, format!("invalid safetensors: {e}")))?;
-        for (name, view) in st.tensors() {
-            if name.ends_with(".rotary_emb.inv_freq") {
-                continue;
-            }
-            let Some(canonical) = canonical_name(&name, info.layout) else {
-                return Err(FinetuneError::base(file, format!("unexpected tensor `{name}`")));
-            };
-            let dtype = match view.dtype() {
-                safetensors::Dtype::F32 => DType::F32,
-                safetensors::Dtype::F16 => DType::F16,
-                safetensors::Dtype::BF16 => DType::BF16,
-                other => {
-                    return Err(FinetuneError::base(file, format!("tensor `{name}` has unsupported dtype {other:?}")))
-                }
-            };
-            let tensor = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), device)?.to_dtype(DType::F32)?;
-            tensors.insert(canonical, tensor);
-        }
+    for view in checkpoint.tensors() {
+        let dtype = match view.dtype {
+            SourceDtype::F32 => DType::F32,
+            SourceDtype::F16 => DType::F16,
+            SourceDtype::Bf16 => DType::BF16,
+        };
+        let tensor = Tensor::from_raw_buffer(view.data, dtype, &view.shape, device)?.to_dtype(DType::F32)?;
+        tensors.insert(view.name.to_owned(), tensor);
     }
-    assemble(config, BaseSource::HfDir(dir.to_path_buf()), tensors, device)
+    assemble(checkpoint.info().config, BaseSource::HfDir(dir.to_path_buf()), tensors, device)
 }
 
 fn load_gguf(path: &Path, device: &Device) -> Result<BaseModel> {
@@ -585,21 +485,8 @@ fn load_gguf(path: &Path, device: &Device) -> Result<BaseModel> {
     }
     // The engine's checks of a phi GGUF: architecture, every hyperparameter (the layer count bounded by the tensors
     // present) and every tensor's shape, so nothing below indexes or allocates by an unchecked value.
-    let hparams = crate::engine::phi2_hparams(&file).map_err(fail)?;
-    // Stored as f32; its shortest decimal form is the value the config had (1e-5, not 9.99999974e-6).
-    let eps = hparams.layer_norm_epsilon;
-    let config = PhiConfig {
-        vocab_size: hparams.vocab_size as usize,
-        hidden_size: hparams.embedding_length as usize,
-        intermediate_size: hparams.feed_forward_length as usize,
-        num_layers: hparams.block_count as usize,
-        num_heads: hparams.head_count as usize,
-        num_kv_heads: hparams.head_count_kv as usize,
-        context_length: hparams.context_length as usize,
-        layer_norm_eps: eps.to_string().parse::<f64>().unwrap_or(f64::from(eps)),
-        rope_dims: hparams.rope_dimension_count as usize,
-        rope_theta: f64::from(hparams.rope_freq_base),
-    };
+    crate::engine::phi2_hparams(&file).map_err(fail)?;
+    let config = phi_converters::gguf_model_config(&file).map_err(fail)?;
     let mut tensors = HashMap::new();
     for info in file.tensors() {
         let dtype = match info.ggml_type {
@@ -650,7 +537,7 @@ impl TensorSet {
 
 /// Builds the model from canonical tensors, checking that every tensor is there with the shape the config implies.
 fn assemble(
-    config: PhiConfig,
+    config: ModelConfig,
     source: BaseSource,
     tensors: HashMap<String, Tensor>,
     device: &Device,
@@ -705,7 +592,7 @@ mod tests {
 
     /// A random 2-layer model with a small vocabulary, built directly from tensors.
     fn random_model(device: &Device) -> BaseModel {
-        let config = PhiConfig {
+        let config = ModelConfig {
             vocab_size: 40,
             hidden_size: 8,
             intermediate_size: 16,

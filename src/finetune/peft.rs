@@ -10,11 +10,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
+use phi_converters::ModelConfig;
 use serde_json::{json, Value};
 
 use super::error::{FinetuneError, Result};
 use super::lora::{LoraAdapter, LoraPair, LoraTarget, Matrix};
-use super::model::PhiConfig;
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -26,7 +26,7 @@ pub fn tensor_name(layer: usize, target: LoraTarget, matrix: char) -> String {
 
 /// Reads a PEFT LoRA adapter. `config` (the base model's) splits fused `Wqkv` updates; without it the three parts
 /// are taken as equal.
-pub fn read_peft(dir: &Path, config: Option<&PhiConfig>) -> Result<LoraAdapter> {
+pub fn read_peft(dir: &Path, config: Option<&ModelConfig>) -> Result<LoraAdapter> {
     let config_path = dir.join(CONFIG_FILE);
     let fail = |reason: String| FinetuneError::adapter(&config_path, reason);
     let text =
@@ -240,7 +240,7 @@ pub(crate) fn write_safetensors(
 
 /// Writes a file so that it appears complete or not at all.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    crate::files::write_atomically(path, bytes).map_err(|e| FinetuneError::io(path, "cannot write file", e))
+    phi_converters::write_atomically(path, bytes).map_err(|e| FinetuneError::io(path, "cannot write file", e))
 }
 
 #[cfg(test)]

@@ -107,6 +107,14 @@ impl Default for SandboxLimits {
     }
 }
 
+impl SandboxLimits {
+    /// The defaults with `cpu` of CPU time per process and twice that plus 2 s of wall-clock time (a program may
+    /// wait on I/O or its children, but not for long): the limits of eval and datagen's checks.
+    pub fn with_cpu_time(cpu: Duration) -> Self {
+        Self { cpu_time: cpu, wall_time: cpu * 2 + Duration::from_secs(2), ..Self::default() }
+    }
+}
+
 /// Which time limit stopped a program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeLimit {

@@ -901,210 +901,236 @@ impl App {
         }
     }
 
+    /// Runs a key binding's command: its function in [`COMMANDS`].
     fn command(&mut self, command: Command) -> Vec<Effect> {
-        match command {
-            Command::Send => self.send(),
-            Command::Newline => {
-                self.input.insert('\n');
-                vec![]
+        match COMMANDS.iter().find(|(name, _)| *name == command) {
+            Some((_, run)) => run(self),
+            None => vec![],
+        }
+    }
+
+    fn newline(&mut self) -> Vec<Effect> {
+        self.input.insert('\n');
+        vec![]
+    }
+
+    fn quit_command(&mut self) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        if self.generating {
+            effects.extend(self.cancel());
+        }
+        if !self.session.messages.is_empty() && !effects.contains(&Effect::Save) {
+            effects.push(Effect::Save);
+        }
+        self.quit = true;
+        effects.push(Effect::Quit);
+        effects
+    }
+
+    fn history_prev(&mut self) -> Vec<Effect> {
+        if !self.input.vertical(true) {
+            self.history_step(true);
+        }
+        vec![]
+    }
+
+    fn history_next(&mut self) -> Vec<Effect> {
+        if !self.input.vertical(false) {
+            self.history_step(false);
+        }
+        vec![]
+    }
+
+    fn scroll_up(&mut self) -> Vec<Effect> {
+        self.scroll_by((self.view.height / 2).max(1) as i32);
+        vec![]
+    }
+
+    fn scroll_down(&mut self) -> Vec<Effect> {
+        self.scroll_by(-((self.view.height / 2).max(1) as i32));
+        vec![]
+    }
+
+    fn scroll_bottom(&mut self) -> Vec<Effect> {
+        self.scroll = 0;
+        vec![]
+    }
+
+    fn edit_last(&mut self) -> Vec<Effect> {
+        if self.generating {
+            self.notify("a reply is being generated: Esc stops it");
+            return vec![];
+        }
+        match self.session.messages.iter().rposition(|m| m.role == Role::User) {
+            Some(i) => {
+                let text = self.session.messages[i].text.clone();
+                self.session.mode = self.session.messages[i].mode;
+                self.input.set(&text);
+                self.editing_last = true;
+                self.notify(format!(
+                    "editing the last message: {} resends it, {} gives up",
+                    self.options.keymap.first(Command::Send),
+                    self.options.keymap.first(Command::Cancel)
+                ));
             }
-            Command::Cancel => self.cancel(),
-            Command::Quit => {
-                let mut effects = Vec::new();
-                if self.generating {
-                    effects.extend(self.cancel());
-                }
-                if !self.session.messages.is_empty() && !effects.contains(&Effect::Save) {
-                    effects.push(Effect::Save);
-                }
-                self.quit = true;
-                effects.push(Effect::Quit);
-                effects
+            None => self.notify("nothing to edit yet"),
+        }
+        vec![]
+    }
+
+    fn toggle_mode(&mut self) -> Vec<Effect> {
+        self.session.mode = self.session.mode.toggled();
+        self.mode_chosen = true;
+        self.notify(match self.session.mode {
+            PromptMode::Code => "code mode: type code (e.g. a signature and docstring); the model continues it",
+            PromptMode::Chat => "chat mode: ask a question (phi-1 is a code model; answers are best-effort)",
+        });
+        vec![]
+    }
+
+    fn new_session(&mut self) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        if self.generating {
+            effects.extend(self.cancel());
+        }
+        let mode = self.options.mode.or_else(|| self.model_info().map(Self::default_mode)).unwrap_or_default();
+        let mode = if self.mode_chosen { self.session.mode } else { mode };
+        let id = self.session_id_after(&self.session.id);
+        self.session = Session::new(id, mode);
+        self.adopt_session();
+        self.input.take();
+        self.context_used = Some(0);
+        self.notify("new conversation");
+        effects
+    }
+
+    fn sessions(&mut self) -> Vec<Effect> {
+        self.overlay = Some(Overlay::Sessions(SessionsView { loading: true, ..Default::default() }));
+        vec![Effect::ListSessions]
+    }
+
+    fn prev_block(&mut self) -> Vec<Effect> {
+        self.select_block(Command::PrevBlock)
+    }
+
+    fn next_block(&mut self) -> Vec<Effect> {
+        self.select_block(Command::NextBlock)
+    }
+
+    /// The previous or next code block; the first press selects the last block.
+    fn select_block(&mut self, direction: Command) -> Vec<Effect> {
+        let total = self.blocks().len();
+        if total == 0 {
+            self.notify("no code blocks yet");
+            return vec![];
+        }
+        let next = match (self.selected_block, direction) {
+            (None, _) => total,
+            (Some(n), Command::PrevBlock) => n.saturating_sub(1).max(1),
+            (Some(n), _) => (n + 1).min(total),
+        };
+        self.selected_block = Some(next);
+        self.reveal_block = true;
+        vec![]
+    }
+
+    fn copy_block(&mut self) -> Vec<Effect> {
+        match self.target_block() {
+            Some(block) => {
+                let code = self.session.messages[block.message].blocks[block.index].code.clone();
+                vec![Effect::Copy { text: code, what: format!("block [{}]", block.number) }]
             }
-            Command::HistoryPrev => {
-                if !self.input.vertical(true) {
-                    self.history_step(true);
-                }
-                vec![]
-            }
-            Command::HistoryNext => {
-                if !self.input.vertical(false) {
-                    self.history_step(false);
-                }
-                vec![]
-            }
-            Command::ScrollUp => {
-                self.scroll_by((self.view.height / 2).max(1) as i32);
-                vec![]
-            }
-            Command::ScrollDown => {
-                self.scroll_by(-((self.view.height / 2).max(1) as i32));
-                vec![]
-            }
-            Command::ScrollBottom => {
-                self.scroll = 0;
-                vec![]
-            }
-            Command::Regenerate => self.regenerate(),
-            Command::EditLast => {
-                if self.generating {
-                    self.notify("a reply is being generated: Esc stops it");
-                    return vec![];
-                }
-                match self.session.messages.iter().rposition(|m| m.role == Role::User) {
-                    Some(i) => {
-                        let text = self.session.messages[i].text.clone();
-                        self.session.mode = self.session.messages[i].mode;
-                        self.input.set(&text);
-                        self.editing_last = true;
-                        self.notify(format!(
-                            "editing the last message: {} resends it, {} gives up",
-                            self.options.keymap.first(Command::Send),
-                            self.options.keymap.first(Command::Cancel)
-                        ));
-                    }
-                    None => self.notify("nothing to edit yet"),
-                }
-                vec![]
-            }
-            Command::ToggleMode => {
-                self.session.mode = self.session.mode.toggled();
-                self.mode_chosen = true;
-                self.notify(match self.session.mode {
-                    PromptMode::Code => "code mode: type code (e.g. a signature and docstring); the model continues it",
-                    PromptMode::Chat => "chat mode: ask a question (phi-1 is a code model; answers are best-effort)",
-                });
-                vec![]
-            }
-            Command::NewSession => {
-                let mut effects = Vec::new();
-                if self.generating {
-                    effects.extend(self.cancel());
-                }
-                let mode = self.options.mode.or_else(|| self.model_info().map(Self::default_mode)).unwrap_or_default();
-                let mode = if self.mode_chosen { self.session.mode } else { mode };
-                let id = self.session_id_after(&self.session.id);
-                self.session = Session::new(id, mode);
-                self.adopt_session();
-                self.input.take();
-                self.context_used = Some(0);
-                self.notify("new conversation");
-                effects
-            }
-            Command::Sessions => {
-                self.overlay = Some(Overlay::Sessions(SessionsView { loading: true, ..Default::default() }));
-                vec![Effect::ListSessions]
-            }
-            Command::PrevBlock | Command::NextBlock => {
-                let total = self.blocks().len();
-                if total == 0 {
-                    self.notify("no code blocks yet");
-                    return vec![];
-                }
-                let next = match (self.selected_block, command) {
-                    (None, _) => total,
-                    (Some(n), Command::PrevBlock) => n.saturating_sub(1).max(1),
-                    (Some(n), _) => (n + 1).min(total),
-                };
-                self.selected_block = Some(next);
-                self.reveal_block = true;
-                vec![]
-            }
-            Command::CopyBlock => match self.target_block() {
-                Some(block) => {
-                    let code = self.session.messages[block.message].blocks[block.index].code.clone();
-                    vec![Effect::Copy { text: code, what: format!("block [{}]", block.number) }]
-                }
-                None => {
-                    self.notify("no code block to copy");
-                    vec![]
-                }
-            },
-            Command::CopyReply => {
-                let message = match self.target_block() {
-                    Some(block) if self.selected_block.is_some() => Some(block.message),
-                    _ => self.session.messages.iter().rposition(|m| m.role == Role::Assistant),
-                };
-                match message {
-                    Some(i) => {
-                        vec![Effect::Copy { text: self.session.messages[i].content(), what: "the reply".into() }]
-                    }
-                    None => {
-                        self.notify("no reply to copy");
-                        vec![]
-                    }
-                }
-            }
-            Command::RunBlock => self.run_block(),
-            Command::Export => {
-                let slug = slug(&self.session.display_title());
-                let path = self.options.export_dir.join(format!("{slug}.md"));
-                self.open_prompt(
-                    PromptPurpose::Export { id: self.session.id.clone() },
-                    "Export to Markdown",
-                    "file to write",
-                    &path.to_string_lossy(),
-                );
-                vec![]
-            }
-            Command::ToggleMouse => {
-                self.mouse_captured = !self.mouse_captured;
-                if self.mouse_captured {
-                    self.notify("mouse captured: the wheel scrolls");
-                } else {
-                    self.notify(format!(
-                        "mouse released: select and copy with the terminal; {} captures it again",
-                        self.options.keymap.first(Command::ToggleMouse)
-                    ));
-                }
-                vec![Effect::SetMouseCapture(self.mouse_captured)]
-            }
-            Command::LoadModel => {
-                let current = match &self.model {
-                    ModelState::Ready(info) => info.path.to_string_lossy().into_owned(),
-                    ModelState::Loading { path, .. } | ModelState::Failed { path, .. } => {
-                        path.to_string_lossy().into_owned()
-                    }
-                    ModelState::Installing { what, .. } => what.clone(),
-                    // The first run offers the first model: Enter pulls it.
-                    ModelState::None => models::FIRST_MODEL.name.to_owned(),
-                };
-                let hint = format!(
-                    "GGUF, checkpoint dir or model ({}: {})",
-                    models::FIRST_MODEL.name,
-                    models::human_size(models::FIRST_MODEL.download_bytes)
-                );
-                self.open_prompt(PromptPurpose::Model, "Load a model", &hint, &current);
-                vec![]
-            }
-            Command::LoadAdapter => {
-                if self.model_info().is_none() {
-                    self.notify("load a model first");
-                    return vec![];
-                }
-                let current = self
-                    .adapter
-                    .as_ref()
-                    .map(|a| format!("{} {}", a.path.to_string_lossy(), a.scale))
-                    .unwrap_or_default();
-                let hint = if self.finetuned.is_empty() {
-                    "path to an adapter GGUF, then the scale (default 1.0); empty removes it".to_owned()
-                } else {
-                    format!(
-                        "a fine-tuned adapter ({}) or a GGUF's path, then the scale (default 1.0); empty removes it",
-                        self.finetuned.join(", ")
-                    )
-                };
-                self.open_prompt(PromptPurpose::Adapter, "LoRA adapter", &hint, &current);
-                vec![]
-            }
-            Command::Finetune => self.toggle_finetune(None),
-            Command::ToggleAdapter => self.toggle_adapter(),
-            Command::Help => {
-                self.overlay = Some(Overlay::Help);
+            None => {
+                self.notify("no code block to copy");
                 vec![]
             }
         }
+    }
+
+    fn copy_reply(&mut self) -> Vec<Effect> {
+        let message = match self.target_block() {
+            Some(block) if self.selected_block.is_some() => Some(block.message),
+            _ => self.session.messages.iter().rposition(|m| m.role == Role::Assistant),
+        };
+        match message {
+            Some(i) => {
+                vec![Effect::Copy { text: self.session.messages[i].content(), what: "the reply".into() }]
+            }
+            None => {
+                self.notify("no reply to copy");
+                vec![]
+            }
+        }
+    }
+
+    fn export(&mut self) -> Vec<Effect> {
+        let slug = slug(&self.session.display_title());
+        let path = self.options.export_dir.join(format!("{slug}.md"));
+        self.open_prompt(
+            PromptPurpose::Export { id: self.session.id.clone() },
+            "Export to Markdown",
+            "file to write",
+            &path.to_string_lossy(),
+        );
+        vec![]
+    }
+
+    fn toggle_mouse(&mut self) -> Vec<Effect> {
+        self.mouse_captured = !self.mouse_captured;
+        if self.mouse_captured {
+            self.notify("mouse captured: the wheel scrolls");
+        } else {
+            self.notify(format!(
+                "mouse released: select and copy with the terminal; {} captures it again",
+                self.options.keymap.first(Command::ToggleMouse)
+            ));
+        }
+        vec![Effect::SetMouseCapture(self.mouse_captured)]
+    }
+
+    fn load_model_prompt(&mut self) -> Vec<Effect> {
+        let current = match &self.model {
+            ModelState::Ready(info) => info.path.to_string_lossy().into_owned(),
+            ModelState::Loading { path, .. } | ModelState::Failed { path, .. } => path.to_string_lossy().into_owned(),
+            ModelState::Installing { what, .. } => what.clone(),
+            // The first run offers the first model: Enter pulls it.
+            ModelState::None => models::FIRST_MODEL.name.to_owned(),
+        };
+        let hint = format!(
+            "GGUF, checkpoint dir or model ({}: {})",
+            models::FIRST_MODEL.name,
+            models::human_size(models::FIRST_MODEL.download_bytes)
+        );
+        self.open_prompt(PromptPurpose::Model, "Load a model", &hint, &current);
+        vec![]
+    }
+
+    fn load_adapter_prompt(&mut self) -> Vec<Effect> {
+        if self.model_info().is_none() {
+            self.notify("load a model first");
+            return vec![];
+        }
+        let current =
+            self.adapter.as_ref().map(|a| format!("{} {}", a.path.to_string_lossy(), a.scale)).unwrap_or_default();
+        let hint = if self.finetuned.is_empty() {
+            "path to an adapter GGUF, then the scale (default 1.0); empty removes it".to_owned()
+        } else {
+            format!(
+                "a fine-tuned adapter ({}) or a GGUF's path, then the scale (default 1.0); empty removes it",
+                self.finetuned.join(", ")
+            )
+        };
+        self.open_prompt(PromptPurpose::Adapter, "LoRA adapter", &hint, &current);
+        vec![]
+    }
+
+    fn finetune_command(&mut self) -> Vec<Effect> {
+        self.toggle_finetune(None)
+    }
+
+    fn help(&mut self) -> Vec<Effect> {
+        self.overlay = Some(Overlay::Help);
+        vec![]
     }
 
     fn open_prompt(&mut self, purpose: PromptPurpose, title: &str, hint: &str, text: &str) {
@@ -1540,6 +1566,38 @@ impl App {
     }
 }
 
+/// What each key binding's command does, one function per command (as helix's typed commands).
+type CommandFn = fn(&mut App) -> Vec<Effect>;
+
+const COMMANDS: [(Command, CommandFn); Command::ALL.len()] = [
+    (Command::Send, App::send),
+    (Command::Newline, App::newline),
+    (Command::Cancel, App::cancel),
+    (Command::Quit, App::quit_command),
+    (Command::HistoryPrev, App::history_prev),
+    (Command::HistoryNext, App::history_next),
+    (Command::ScrollUp, App::scroll_up),
+    (Command::ScrollDown, App::scroll_down),
+    (Command::ScrollBottom, App::scroll_bottom),
+    (Command::Regenerate, App::regenerate),
+    (Command::EditLast, App::edit_last),
+    (Command::ToggleMode, App::toggle_mode),
+    (Command::NewSession, App::new_session),
+    (Command::Sessions, App::sessions),
+    (Command::PrevBlock, App::prev_block),
+    (Command::NextBlock, App::next_block),
+    (Command::CopyBlock, App::copy_block),
+    (Command::CopyReply, App::copy_reply),
+    (Command::RunBlock, App::run_block),
+    (Command::Export, App::export),
+    (Command::ToggleMouse, App::toggle_mouse),
+    (Command::LoadModel, App::load_model_prompt),
+    (Command::LoadAdapter, App::load_adapter_prompt),
+    (Command::Finetune, App::finetune_command),
+    (Command::ToggleAdapter, App::toggle_adapter),
+    (Command::Help, App::help),
+];
+
 pub fn stop_name(reason: &StopReason) -> String {
     match reason {
         StopReason::MaxTokens => "max tokens".to_owned(),
@@ -1573,5 +1631,20 @@ pub fn slug(title: &str) -> String {
         "conversation".to_owned()
     } else {
         out.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_has_exactly_one_function() {
+        // The table replaces an exhaustive match: a command added to `Command::ALL` without a function would do
+        // nothing at all.
+        for command in Command::ALL {
+            let entries = COMMANDS.iter().filter(|(name, _)| *name == command).count();
+            assert_eq!(entries, 1, "{}", command.name());
+        }
     }
 }

@@ -661,7 +661,7 @@ fn write_conversation_data(data_dir: &std::path::Path, code: &[String]) -> Resul
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let path = dir.join("conversation.jsonl");
     let lines: Vec<String> = code.iter().map(|text| serde_json::json!({ "text": text }).to_string()).collect();
-    crate::files::write_atomically(&path, lines.join("\n").as_bytes())
+    phi_converters::write_atomically(&path, lines.join("\n").as_bytes())
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(path)
 }

@@ -343,7 +343,7 @@ impl SessionStore {
     pub fn save_bytes(&self, id: &str, json: &[u8]) -> Result<PathBuf, SessionError> {
         let path = self.path_of(id)?;
         std::fs::create_dir_all(&self.dir).map_err(|source| SessionError::Io { path: self.dir.clone(), source })?;
-        crate::files::write_atomically(&path, json)
+        phi_converters::write_atomically(&path, json)
             .map_err(|source| SessionError::Io { path: path.clone(), source })?;
         Ok(path)
     }
@@ -444,11 +444,7 @@ impl SessionStore {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
-        let temp = path.with_extension(format!("md.tmp-{}", std::process::id()));
-        std::fs::write(&temp, session.to_markdown()).and_then(|()| std::fs::rename(&temp, path)).map_err(|e| {
-            let _ = std::fs::remove_file(&temp);
-            io(e)
-        })
+        phi_converters::write_atomically(path, session.to_markdown().as_bytes()).map_err(io)
     }
 }
 
