@@ -91,6 +91,8 @@ fn run_script(nvim: &Path, script: &str, dir: &Path, env: &[(&str, &Path)]) -> V
         .env("PHI_TUI_RUNTIME_DIR", dir.join("run"))
         // Neovim's own state (its lsp.log) stays here too; the default log level is what is under test.
         .env("XDG_STATE_HOME", dir.join("state"))
+        // Neovim's own log (`.nvimlog` in the working directory when its default place cannot be written).
+        .env("NVIM_LOG_FILE", dir.join("nvim.log"))
         .env_remove("PHI_TUI_LOG");
     for (name, value) in env {
         command.env(name, value);
