@@ -26,7 +26,7 @@ pub use checkpoint::SourceDtype;
 pub use config::{ConfigStyle, ModelConfig};
 pub use convert::{check_output, convert, inspect, CheckpointInfo, ConvertOptions, ConvertProgress, ConvertSummary};
 pub use error::ConvertError;
-pub use layout::Layout;
+pub use layout::{transformers_tensors, Layout};
 pub use out_type::OutType;
 pub use output::{remove_temporary_files, TemporaryPath};
 pub use tokenizer::{TokenizerOrigin, TokenizerSource};
