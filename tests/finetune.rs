@@ -388,7 +388,7 @@ fn a_stopped_run_resumes_exactly_where_it_stopped() {
         .unwrap();
     assert!(!outcome.interrupted);
     assert_eq!(losses, straight_losses, "the resumed run computes the same losses");
-    assert_eq!(outcome.adapter, result.adapter, "the resumed run ends with the same weights, bit for bit");
+    assert_eq!(outcome.weights, result.weights, "the resumed run ends with the same weights, bit for bit");
 
     // Other settings cannot resume this checkpoint.
     let mut other = options(&resumed_dir);

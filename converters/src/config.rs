@@ -62,6 +62,48 @@ impl ModelConfig {
         self.num_kv_heads * self.head_dim()
     }
 
+    /// This config as a transformers ≥ 5 `config.json` for `PhiForCausalLM` (the style `from_pretrained` and
+    /// [`ModelConfig::read`] take), weights stored as `dtype` (`float32`, `float16`, …). The rotary share is
+    /// written as `rope_dims / head_dim`, which both readers turn back into `rope_dims`.
+    pub fn to_transformers_json(&self, dtype: &str) -> Value {
+        serde_json::json!({
+            "architectures": ["PhiForCausalLM"],
+            "model_type": "phi",
+            "attention_dropout": 0.0,
+            "bos_token_id": 50256,
+            "eos_token_id": 50256,
+            "dtype": dtype,
+            "embd_pdrop": 0.0,
+            "hidden_act": "gelu_new",
+            "hidden_size": self.hidden_size,
+            "initializer_range": 0.02,
+            "intermediate_size": self.intermediate_size,
+            "layer_norm_eps": self.layer_norm_eps,
+            "max_position_embeddings": self.context_length,
+            "num_attention_heads": self.num_heads,
+            "num_hidden_layers": self.num_layers,
+            "num_key_value_heads": self.num_kv_heads,
+            "qk_layernorm": false,
+            "resid_pdrop": 0.0,
+            "rope_parameters": {
+                "partial_rotary_factor": self.rope_dims as f64 / self.head_dim() as f64,
+                "rope_theta": self.rope_theta,
+                "rope_type": "default",
+            },
+            "tie_word_embeddings": false,
+            "use_cache": true,
+            "vocab_size": self.vocab_size,
+        })
+    }
+
+    /// Reads a `config.json` file (any of the three styles).
+    pub fn read_file(path: &Path) -> Result<ModelConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConvertError::io(path, "cannot read file", e))?;
+        let json: Value =
+            serde_json::from_str(&text).map_err(|source| ConvertError::Json { path: path.to_path_buf(), source })?;
+        Ok(ModelConfig::from_json(path, &json)?.0)
+    }
+
     /// Reads `dir/config.json`. Returns its style (which names its keys in errors) and the raw JSON too, for the
     /// special token ids it may hold.
     pub(crate) fn load(dir: &Path) -> Result<(ModelConfig, ConfigStyle, Value)> {

@@ -154,6 +154,18 @@ fn layers_present(checkpoint: &Checkpoint) -> usize {
     checkpoint.tensors.iter().filter_map(|t| layer(&t.name)).collect::<BTreeSet<_>>().len()
 }
 
+/// The tensors of a phi model of shape `config` as transformers' `PhiForCausalLM` names them, with their GGUF names
+/// and PyTorch shapes: `(transformers name, GGUF name, shape)`. What a writer of a Hugging Face checkpoint needs.
+pub fn transformers_tensors(config: &ModelConfig) -> Vec<(String, String, Vec<usize>)> {
+    expected_tensors(Layout::Transformers, config)
+        .into_iter()
+        .flat_map(|tensor| {
+            let shape = tensor.shape;
+            tensor.targets.into_iter().map(move |(transformers, gguf, _)| (transformers, gguf, shape.clone()))
+        })
+        .collect()
+}
+
 /// The tensors of a phi model in `layout`, with the shapes `config` implies.
 fn expected_tensors(layout: Layout, config: &ModelConfig) -> Vec<ExpectedTensor> {
     let (vocab, hidden, inner, kv) = (config.vocab_size, config.hidden_size, config.intermediate_size, config.kv_dim());

@@ -31,7 +31,7 @@ pub use convert::{
     TensorView,
 };
 pub use error::ConvertError;
-pub use layout::Layout;
+pub use layout::{transformers_tensors, Layout};
 pub use metadata::gguf_model_config;
 pub use out_type::OutType;
 pub use output::{remove_temporary_files, rename_durably, write_atomically, TemporaryPath};

@@ -201,25 +201,13 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
     let handler_control = Arc::clone(&control);
     Interrupt::install("finishing this step and saving a checkpoint", move || handler_control.stop())?;
 
-    let mut log = match &args.log {
-        Some(path) => Some(std::io::BufWriter::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .append(args.resume)
-                .truncate(!args.resume)
-                .open(path)
-                .with_context(|| format!("{}: cannot open the log", path.display()))?,
-        )),
-        None => None,
-    };
+    let mut log = StepLog::open(args.log.as_deref(), args.resume)?;
     let bar = progress::bar(trainer.total_steps(), "step", Unit::Items);
-    let mut log_error = None;
     let adapter_name = finetune::gguf_adapter::name_from_path(&args.out);
     let mut best: Option<LoraAdapter> = None;
     let mut live_error = None;
     let mut on_event = |event: &TrainEvent| match event {
-        TrainEvent::Improved { step, loss, adapter } => {
+        TrainEvent::Improved { step, loss, weights: adapter } => {
             let Some(live) = &live else { return };
             best = Some((**adapter).clone());
             let pushed = finetune::write_adapter_gguf_at_step(&args.out, adapter, &adapter_name, Some(*step))
@@ -240,35 +228,7 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
             bar.reset_eta();
             tracing::info!(total_steps, steps_per_epoch, start_step, "training");
         }
-        TrainEvent::Step(report) => {
-            bar.set_position(report.step);
-            bar.set_message(format!(
-                "loss {:.4}  {:.0} tok/s  lr {:.2e}",
-                report.loss,
-                report.tokens as f64 / report.seconds.max(1e-9),
-                report.lr
-            ));
-            tracing::debug!(
-                step = report.step,
-                loss = report.loss,
-                lr = report.lr,
-                grad_norm = report.grad_norm,
-                "step"
-            );
-            if let Some(log) = &mut log {
-                let line = serde_json::json!({
-                    "step": report.step,
-                    "loss": report.loss,
-                    "lr": report.lr,
-                    "grad_norm": report.grad_norm,
-                    "tokens": report.tokens,
-                    "seconds": report.seconds,
-                });
-                if let Err(e) = writeln!(log, "{line}").and_then(|()| log.flush()) {
-                    log_error.get_or_insert(e);
-                }
-            }
-        }
+        TrainEvent::Step(report) => log.step(&bar, report),
         TrainEvent::Validation { step, epoch, loss } => {
             bar.suspend(|| eprintln!("epoch {} (step {step}): validation loss {loss:.4}", epoch + 1));
         }
@@ -285,9 +245,7 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
     if let Some(e) = live_error {
         tracing::warn!("live fine-tuning could not reach the session: {e:#}");
     }
-    if let (Some(e), Some(path)) = (log_error, &args.log) {
-        bail!("{}: cannot write the log: {e}", path.display());
-    }
+    log.finish()?;
     if outcome.interrupted {
         eprintln!(
             "stopped after step {}/{}; checkpoint in {} — continue with the same command plus --resume",
@@ -303,15 +261,15 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
     let kept = match (&live, best) {
         (Some(_), Some(best)) => best,
         (Some(live), None) => {
-            finetune::write_adapter_gguf_at_step(&args.out, &outcome.adapter, &adapter_name, Some(outcome.steps_done))?;
+            finetune::write_adapter_gguf_at_step(&args.out, &outcome.weights, &adapter_name, Some(outcome.steps_done))?;
             if let Err(e) = live.push(&args.out) {
                 eprintln!("{e:#}");
             }
-            outcome.adapter.clone()
+            outcome.weights.clone()
         }
         (None, _) => {
-            finetune::write_adapter_gguf(&args.out, &outcome.adapter, &adapter_name)?;
-            outcome.adapter.clone()
+            finetune::write_adapter_gguf(&args.out, &outcome.weights, &adapter_name)?;
+            outcome.weights.clone()
         }
     };
     let base_name = base_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -378,6 +336,65 @@ fn import(base: Option<&Path>, peft_dir: &Path, out: &Path, device: &candle_core
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--log`: one JSON line per optimizer step, and the progress bar's message. A write error is kept and reported
+/// at the end rather than stopping the run.
+pub(super) struct StepLog {
+    file: Option<(PathBuf, std::io::BufWriter<std::fs::File>)>,
+    error: Option<std::io::Error>,
+}
+
+impl StepLog {
+    /// Opens `path` (appending when the run resumes); no path, no log.
+    pub(super) fn open(path: Option<&Path>, append: bool) -> anyhow::Result<StepLog> {
+        let file = match path {
+            Some(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .append(append)
+                    .truncate(!append)
+                    .open(path)
+                    .with_context(|| format!("{}: cannot open the log", path.display()))?;
+                Some((path.to_path_buf(), std::io::BufWriter::new(file)))
+            }
+            None => None,
+        };
+        Ok(StepLog { file, error: None })
+    }
+
+    pub(super) fn step(&mut self, bar: &indicatif::ProgressBar, report: &finetune::StepReport) {
+        bar.set_position(report.step);
+        bar.set_message(format!(
+            "loss {:.4}  {:.0} tok/s  lr {:.2e}",
+            report.loss,
+            report.tokens as f64 / report.seconds.max(1e-9),
+            report.lr
+        ));
+        tracing::debug!(step = report.step, loss = report.loss, lr = report.lr, grad_norm = report.grad_norm, "step");
+        if let Some((_, log)) = &mut self.file {
+            let line = serde_json::json!({
+                "step": report.step,
+                "loss": report.loss,
+                "lr": report.lr,
+                "grad_norm": report.grad_norm,
+                "tokens": report.tokens,
+                "seconds": report.seconds,
+            });
+            if let Err(e) = writeln!(log, "{line}").and_then(|()| log.flush()) {
+                self.error.get_or_insert(e);
+            }
+        }
+    }
+
+    /// The first write error, if any.
+    pub(super) fn finish(self) -> anyhow::Result<()> {
+        match (self.error, self.file) {
+            (Some(e), Some((path, _))) => bail!("{}: cannot write the log: {e}", path.display()),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Process-wide settings that make a training step ~25 % faster on a CPU. Called first thing, before any other
 /// thread exists (setting the environment races with threads that read it).
 ///
@@ -387,7 +404,7 @@ fn import(base: Option<&Path>, peft_dir: &Path, out: &Path, device: &candle_core
 /// * mimalloc (the global allocator, see `main.rs`) returns freed memory to the OS after 10 ms; a training step
 ///   frees and reallocates the same hundreds of megabytes, which then fault back in page by page. Training keeps
 ///   them.
-fn tune_process_for_training() {
+pub(super) fn tune_process_for_training() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }

@@ -11,6 +11,7 @@ mod lsp;
 mod progress;
 mod pull;
 mod serve;
+mod train;
 mod tui;
 
 use std::path::{Path, PathBuf};
@@ -72,6 +73,8 @@ enum Command {
     Lsp(lsp::LspArgs),
     /// Fine-tune a LoRA adapter on your data (or import a PEFT adapter with --import-peft)
     Finetune(finetune::FinetuneArgs),
+    /// Train a phi model: from scratch (a config or a preset shape) or all its weights from a checkpoint
+    Train(train::TrainArgs),
     /// Evaluate a model on HumanEval or MBPP (pass@k)
     Eval(eval::EvalArgs),
     /// Run the session daemon that the TUI and editors share (they start it by themselves when needed)
@@ -96,6 +99,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::Lsp(args)) => lsp::run(args),
         Some(Command::Finetune(args)) => finetune::run(args),
+        Some(Command::Train(args)) => train::run(args),
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Serve(args)) => serve::run(args),
         Some(Command::Status(args)) => serve::status(args),

@@ -146,16 +146,8 @@ impl Linear {
     /// `x·Wᵀ + b` into a new `[m, out]` buffer.
     fn base_forward(&self, x: &[f32], m: usize, k: usize) -> Result<Vec<f32>> {
         let (w_storage, w_layout) = self.w.storage_and_layout();
-        let w = cpu_f32(&w_storage, w_layout)?;
         let (b_storage, b_layout) = self.b.storage_and_layout();
-        let bias = cpu_f32(&b_storage, b_layout)?;
-        let n = bias.len();
-        let mut y = Vec::with_capacity(m * n);
-        for _ in 0..m {
-            y.extend_from_slice(bias);
-        }
-        gemm(&mut y, MatRef::new(x, m, k)?, MatRef::new(w, n, k)?.t(), 1.0, true)?;
-        Ok(y)
+        affine(x, cpu_f32(&w_storage, w_layout)?, cpu_f32(&b_storage, b_layout)?, m, k)
     }
 
     /// `g·W` (`[m, in]`) plus, for LoRA, `gxa·A`.
@@ -163,13 +155,48 @@ impl Linear {
         let (w_storage, w_layout) = self.w.storage_and_layout();
         let w = cpu_f32(&w_storage, w_layout)?;
         let (n, k) = self.w.dims2()?;
-        let mut gx = vec![0f32; m * k];
-        gemm(&mut gx, MatRef::new(g, m, n)?, MatRef::new(w, n, k)?, 1.0, false)?;
+        let mut gx = affine_input_gradient(g, w, m, n, k)?;
         if let Some((gxa, a, r)) = lora {
             gemm(&mut gx, MatRef::new(gxa, m, r)?, MatRef::new(a, r, k)?, 1.0, true)?;
         }
         Ok(gx)
     }
+}
+
+/// `x·Wᵀ + b` into a new `[m, out]` buffer, for `x` `[m, k]`, `W` `[out, k]`, `b` `[out]`.
+fn affine(x: &[f32], w: &[f32], bias: &[f32], m: usize, k: usize) -> Result<Vec<f32>> {
+    let n = bias.len();
+    let mut y = Vec::with_capacity(m * n);
+    for _ in 0..m {
+        y.extend_from_slice(bias);
+    }
+    gemm(&mut y, MatRef::new(x, m, k)?, MatRef::new(w, n, k)?.t(), 1.0, true)?;
+    Ok(y)
+}
+
+/// `∂/∂x = g·W` (`[m, k]`) of `y = x·Wᵀ + b`, for `g` `[m, n]`.
+fn affine_input_gradient(g: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32>> {
+    let mut gx = vec![0f32; m * k];
+    gemm(&mut gx, MatRef::new(g, m, n)?, MatRef::new(w, n, k)?, 1.0, false)?;
+    Ok(gx)
+}
+
+/// `∂/∂W = gᵀ·x` (`[n, k]`) of `y = x·Wᵀ + b`, for `g` `[m, n]` and `x` `[m, k]`.
+fn affine_weight_gradient(g: &[f32], x: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32>> {
+    let mut gw = vec![0f32; n * k];
+    gemm(&mut gw, MatRef::new(g, m, n)?.t(), MatRef::new(x, m, k)?, 1.0, false)?;
+    Ok(gw)
+}
+
+/// The sum of the rows of `g` (`[m, n]` → `[n]`): the gradient of a bias added to every row.
+fn column_sums(g: &[f32], n: usize) -> Vec<f32> {
+    let mut sums = vec![0f32; n];
+    if n > 0 {
+        for row in g.chunks_exact(n) {
+            sums.iter_mut().zip(row).for_each(|(s, &x)| *s += x);
+        }
+    }
+    sums
 }
 
 /// Without LoRA: `x` → `x·Wᵀ + b`; the backward pass gives `x` its gradient only.
@@ -265,6 +292,57 @@ impl CustomOp3 for Linear {
     }
 }
 
+/// A trained linear layer (full training): `(x, W, b)` → `x·Wᵀ + b`, with gradients for all three. The LoRA path
+/// keeps [`Linear`], whose backward pass computes no weight gradients.
+pub(crate) struct TrainedLinear;
+
+impl CustomOp3 for TrainedLinear {
+    fn name(&self) -> &'static str {
+        "trained-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x_storage: &CpuStorage,
+        x_layout: &Layout,
+        w_storage: &CpuStorage,
+        w_layout: &Layout,
+        b_storage: &CpuStorage,
+        b_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (m, k) = x_layout.shape().dims2()?;
+        let (n, w_cols) = w_layout.shape().dims2()?;
+        let bias = contiguous_f32(b_storage, b_layout)?;
+        if w_cols != k || bias.len() != n {
+            bail!("linear: input width {k}, weight {n}x{w_cols}, bias {}", bias.len());
+        }
+        let y = affine(contiguous_f32(x_storage, x_layout)?, contiguous_f32(w_storage, w_layout)?, bias, m, k)?;
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = grad_res.contiguous()?;
+        let (g_storage, g_layout) = g.storage_and_layout();
+        let g = cpu_f32(&g_storage, g_layout)?;
+        let (x_storage, x_layout) = x.storage_and_layout();
+        let x_values = cpu_f32(&x_storage, x_layout)?;
+        let (w_storage, w_layout) = w.storage_and_layout();
+        let w_values = cpu_f32(&w_storage, w_layout)?;
+        let ((m, k), (n, _)) = (x.dims2()?, w.dims2()?);
+        let grad_x = gradient_for(x, || affine_input_gradient(g, w_values, m, n, k))?;
+        let grad_w = gradient_for(w, || affine_weight_gradient(g, x_values, m, n, k))?;
+        let grad_b = gradient_for(b, || Ok(column_sums(g, n)))?;
+        Ok((grad_x, grad_w, grad_b))
+    }
+}
+
 /// torch's LayerNorm over the last dimension (biased variance) with a frozen weight and bias; the backward pass
 /// recomputes the row statistics rather than keeping them.
 pub(crate) struct LayerNorm {
@@ -281,6 +359,63 @@ fn row_statistics(row: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
+/// `(x − mean)·rstd·w + b` per row of `x`.
+fn layer_norm_forward(x: &[f32], w: &[f32], bias: &[f32], eps: f32) -> Result<Vec<f32>> {
+    let width = w.len();
+    if width == 0 || x.len() % width != 0 || bias.len() != width {
+        bail!("layer norm: {} values, weight {width}, bias {}", x.len(), bias.len());
+    }
+    let mut y = vec![0f32; x.len()];
+    parallel_rows(&mut y, width, |first_row, out| {
+        for (out_row, x_row) in out.chunks_mut(width).zip(x[first_row * width..].chunks(width)) {
+            let (mean, rstd) = row_statistics(x_row, eps);
+            for (((o, &x), &w), &b) in out_row.iter_mut().zip(x_row).zip(w).zip(bias) {
+                *o = (x - mean) * rstd * w + b;
+            }
+        }
+    });
+    Ok(y)
+}
+
+/// `∂/∂x` of the LayerNorm of `x` with weight `w`, for the output gradient `g`.
+fn layer_norm_input_gradient(x: &[f32], g: &[f32], w: &[f32], eps: f32) -> Result<Vec<f32>> {
+    let width = w.len();
+    if g.len() != x.len() || width == 0 {
+        bail!("layer norm backward: {} gradients for {} values", g.len(), x.len());
+    }
+    let mut gx = vec![0f32; x.len()];
+    parallel_rows(&mut gx, width, |first_row, out| {
+        let start = first_row * width;
+        let rows = out.chunks_mut(width).zip(x[start..].chunks(width)).zip(g[start..].chunks(width));
+        for ((out_row, x_row), g_row) in rows {
+            let (mean, rstd) = row_statistics(x_row, eps);
+            // With x̂ = (x − mean)·rstd and ĝ = g·w: ∂/∂x = rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ·x̂)).
+            let (mut sum_g, mut sum_gx) = (0f32, 0f32);
+            for ((&x, &g), &w) in x_row.iter().zip(g_row).zip(w) {
+                sum_g += g * w;
+                sum_gx += g * w * (x - mean) * rstd;
+            }
+            let (mean_g, mean_gx) = (sum_g / width as f32, sum_gx / width as f32);
+            for (((o, &x), &g), &w) in out_row.iter_mut().zip(x_row).zip(g_row).zip(w) {
+                *o = rstd * (g * w - mean_g - (x - mean) * rstd * mean_gx);
+            }
+        }
+    });
+    Ok(gx)
+}
+
+/// `∂/∂w = Σ_rows g·x̂` of the LayerNorm of `x` (its `∂/∂b` is [`column_sums`] of `g`).
+fn layer_norm_weight_gradient(x: &[f32], g: &[f32], width: usize, eps: f32) -> Vec<f32> {
+    let mut gw = vec![0f32; width];
+    for (x_row, g_row) in x.chunks_exact(width).zip(g.chunks_exact(width)) {
+        let (mean, rstd) = row_statistics(x_row, eps);
+        for ((o, &x), &g) in gw.iter_mut().zip(x_row).zip(g_row) {
+            *o += g * (x - mean) * rstd;
+        }
+    }
+    gw
+}
+
 impl CustomOp1 for LayerNorm {
     fn name(&self) -> &'static str {
         "layer-norm"
@@ -289,22 +424,8 @@ impl CustomOp1 for LayerNorm {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(storage, layout)?;
         let (w_storage, w_layout) = self.w.storage_and_layout();
-        let w = cpu_f32(&w_storage, w_layout)?;
         let (b_storage, b_layout) = self.b.storage_and_layout();
-        let bias = cpu_f32(&b_storage, b_layout)?;
-        let width = w.len();
-        if width == 0 || x.len() % width != 0 || bias.len() != width {
-            bail!("layer norm: {} values, weight {width}, bias {}", x.len(), bias.len());
-        }
-        let mut y = vec![0f32; x.len()];
-        parallel_rows(&mut y, width, |first_row, out| {
-            for (out_row, x_row) in out.chunks_mut(width).zip(x[first_row * width..].chunks(width)) {
-                let (mean, rstd) = row_statistics(x_row, self.eps);
-                for (((o, &x), &w), &b) in out_row.iter_mut().zip(x_row).zip(w).zip(bias) {
-                    *o = (x - mean) * rstd * w + b;
-                }
-            }
-        });
+        let y = layer_norm_forward(x, cpu_f32(&w_storage, w_layout)?, cpu_f32(&b_storage, b_layout)?, self.eps)?;
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
@@ -312,35 +433,66 @@ impl CustomOp1 for LayerNorm {
         gradient_for(arg, || {
             let g = grad_res.contiguous()?;
             let (g_storage, g_layout) = g.storage_and_layout();
-            let g = cpu_f32(&g_storage, g_layout)?;
             let (x_storage, x_layout) = arg.storage_and_layout();
-            let x = cpu_f32(&x_storage, x_layout)?;
             let (w_storage, w_layout) = self.w.storage_and_layout();
-            let w = cpu_f32(&w_storage, w_layout)?;
-            let width = w.len();
-            if g.len() != x.len() {
-                bail!("layer norm backward: {} gradients for {} values", g.len(), x.len());
-            }
-            let mut gx = vec![0f32; x.len()];
-            parallel_rows(&mut gx, width, |first_row, out| {
-                let start = first_row * width;
-                let rows = out.chunks_mut(width).zip(x[start..].chunks(width)).zip(g[start..].chunks(width));
-                for ((out_row, x_row), g_row) in rows {
-                    let (mean, rstd) = row_statistics(x_row, self.eps);
-                    // With x̂ = (x − mean)·rstd and ĝ = g·w: ∂/∂x = rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ·x̂)).
-                    let (mut sum_g, mut sum_gx) = (0f32, 0f32);
-                    for ((&x, &g), &w) in x_row.iter().zip(g_row).zip(w) {
-                        sum_g += g * w;
-                        sum_gx += g * w * (x - mean) * rstd;
-                    }
-                    let (mean_g, mean_gx) = (sum_g / width as f32, sum_gx / width as f32);
-                    for (((o, &x), &g), &w) in out_row.iter_mut().zip(x_row).zip(g_row).zip(w) {
-                        *o = rstd * (g * w - mean_g - (x - mean) * rstd * mean_gx);
-                    }
-                }
-            });
-            Ok(gx)
+            layer_norm_input_gradient(
+                cpu_f32(&x_storage, x_layout)?,
+                cpu_f32(&g_storage, g_layout)?,
+                cpu_f32(&w_storage, w_layout)?,
+                self.eps,
+            )
         })
+    }
+}
+
+/// A trained LayerNorm (full training): `(x, w, b)` → the LayerNorm of `x`, with gradients for all three.
+pub(crate) struct TrainedLayerNorm {
+    pub(crate) eps: f32,
+}
+
+impl CustomOp3 for TrainedLayerNorm {
+    fn name(&self) -> &'static str {
+        "trained-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x_storage: &CpuStorage,
+        x_layout: &Layout,
+        w_storage: &CpuStorage,
+        w_layout: &Layout,
+        b_storage: &CpuStorage,
+        b_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = layer_norm_forward(
+            contiguous_f32(x_storage, x_layout)?,
+            contiguous_f32(w_storage, w_layout)?,
+            contiguous_f32(b_storage, b_layout)?,
+            self.eps,
+        )?;
+        Ok((CpuStorage::F32(y), x_layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = grad_res.contiguous()?;
+        let (g_storage, g_layout) = g.storage_and_layout();
+        let g = cpu_f32(&g_storage, g_layout)?;
+        let (x_storage, x_layout) = x.storage_and_layout();
+        let x_values = cpu_f32(&x_storage, x_layout)?;
+        let (w_storage, w_layout) = w.storage_and_layout();
+        let w_values = cpu_f32(&w_storage, w_layout)?;
+        let width = w_values.len();
+        let grad_x = gradient_for(x, || layer_norm_input_gradient(x_values, g, w_values, self.eps))?;
+        let grad_w = gradient_for(w, || Ok(layer_norm_weight_gradient(x_values, g, width, self.eps)))?;
+        let grad_b = gradient_for(b, || Ok(column_sums(g, width)))?;
+        Ok((grad_x, grad_w, grad_b))
     }
 }
 
@@ -663,6 +815,14 @@ impl CustomOp1 for LmHeadCrossEntropy {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let logit_gradients = self.logit_gradients(grad_res)?;
+        gradient_for(arg, || self.head.input_gradient(&logit_gradients, self.targets.len(), None))
+    }
+}
+
+impl LmHeadCrossEntropy {
+    /// `∂loss/∂logits` `[n, vocab]`, made in place from the forward pass's exponentials.
+    fn logit_gradients(&self, grad_res: &Tensor) -> Result<Vec<f32>> {
         let Some((mut probabilities, inverse_sums)) = self.softmax.lock().unwrap_or_else(|e| e.into_inner()).take()
         else {
             bail!("lm head: backward without a forward pass")
@@ -679,7 +839,46 @@ impl CustomOp1 for LmHeadCrossEntropy {
                 row[target as usize] -= g;
             },
         );
-        gradient_for(arg, || self.head.input_gradient(&probabilities, grad.len(), None))
+        Ok(probabilities)
+    }
+}
+
+/// Full training: `(hidden, W, b)`, where `W` and `b` are the tensors of `head` (passed so the graph reaches them):
+/// the same loss, with gradients for the head's weight and bias too.
+impl CustomOp3 for LmHeadCrossEntropy {
+    fn name(&self) -> &'static str {
+        "trained-lm-head-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+        _w_storage: &CpuStorage,
+        _w_layout: &Layout,
+        _b_storage: &CpuStorage,
+        _b_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        CustomOp1::cpu_fwd(self, storage, layout)
+    }
+
+    fn bwd(
+        &self,
+        hidden: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let logit_gradients = self.logit_gradients(grad_res)?;
+        let ((n, k), vocab) = (hidden.dims2()?, self.head.b.elem_count());
+        let grad_w = gradient_for(w, || {
+            let (h_storage, h_layout) = hidden.storage_and_layout();
+            affine_weight_gradient(&logit_gradients, cpu_f32(&h_storage, h_layout)?, n, vocab, k)
+        })?;
+        let grad_b = gradient_for(b, || Ok(column_sums(&logit_gradients, vocab)))?;
+        let grad_hidden = gradient_for(hidden, || self.head.input_gradient(&logit_gradients, n, None))?;
+        Ok((grad_hidden, grad_w, grad_b))
     }
 }
 

@@ -112,6 +112,25 @@ impl Dataset {
         hash.finish()
     }
 
+    /// Packs consecutive sequences of each split into sequences of up to `seq_len` tokens (documents end with
+    /// `<|endoftext|>`, so the model sees where one ends), as pretraining does: fewer, fuller sequences and no
+    /// padding. Each sequence keeps its loss targets.
+    pub fn pack(&mut self, seq_len: usize) {
+        for split in [&mut self.train, &mut self.validation] {
+            let mut packed: Vec<Sequence> = Vec::new();
+            for sequence in std::mem::take(split) {
+                match packed.last_mut() {
+                    Some(last) if last.ids.len() + sequence.ids.len() <= seq_len => {
+                        last.ids.extend(&sequence.ids);
+                        last.targets.extend(&sequence.targets);
+                    }
+                    _ => packed.push(sequence),
+                }
+            }
+            *split = packed;
+        }
+    }
+
     pub fn train_tokens(&self) -> usize {
         self.train.iter().map(|s| s.ids.len()).sum()
     }

@@ -317,7 +317,7 @@ impl Prepared {
             let outcome = trainer.run(control, &mut |event| {
                 match event {
                     TrainEvent::Step(report) => provenance.last_train_loss = Some(report.loss),
-                    TrainEvent::Improved { step, loss, adapter } => {
+                    TrainEvent::Improved { step, loss, weights: adapter } => {
                         provenance.adapter_step = *step;
                         provenance.best_validation_loss = Some(*loss);
                         provenance.steps_done = *step;
@@ -349,7 +349,7 @@ impl Prepared {
             provenance.state = if outcome.interrupted { RunState::Stopped } else { RunState::Finished };
             // Without validation data there is no "best": the adapter kept is the last one.
             if outcome.best_validation.is_none() || !adapter_file.is_file() {
-                write_adapter_gguf_at_step(&adapter_file, &outcome.adapter, &settings.name, Some(outcome.steps_done))?;
+                write_adapter_gguf_at_step(&adapter_file, &outcome.weights, &settings.name, Some(outcome.steps_done))?;
                 provenance.adapter_step = outcome.steps_done;
                 provenance.write(&dir)?;
                 on_event(LiveEvent::AdapterWritten {

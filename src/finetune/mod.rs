@@ -1,4 +1,4 @@
-//! LoRA fine-tuning of phi models, on candle (CPU, or CUDA in a `cuda` build).
+//! Training of phi models — LoRA fine-tuning and full training — on candle (CPU, or CUDA in a `cuda` build).
 //!
 //! llama.cpp cannot train phi (no LoRA training, no LayerNorm backward), so training happens here, and llama.cpp
 //! only applies the result: the engine's `set_adapter` loads the GGUF this module writes.
@@ -8,7 +8,9 @@
 //! * [`lora`]: adapters as host data ([`LoraAdapter`]); [`peft`] and [`gguf_adapter`] read and write them as PEFT
 //!   directories and llama.cpp GGUFs;
 //! * [`data`]: JSONL and Python-repository datasets; [`optim`]: AdamW (torch's math), schedules, clipping;
-//! * [`trainer`]: the loop, validation and checkpoints that resume exactly;
+//! * [`trainer`]: the loop, validation and checkpoints that resume exactly, over what is trained ([`Trainable`]:
+//!   LoRA matrices, or every weight for `phi-tui train`); [`hf_checkpoint`] writes fully trained models as Hugging
+//!   Face checkpoints;
 //! * [`live`]: runs kept in the data directory whose improved adapters the session applies while they train.
 
 mod checkpoint;
@@ -16,6 +18,7 @@ mod cpu_ops;
 pub mod data;
 mod error;
 pub mod gguf_adapter;
+pub mod hf_checkpoint;
 pub mod live;
 pub mod lora;
 pub mod model;
@@ -30,11 +33,14 @@ pub use data::{load_dataset, load_tokenizer, DataOptions, Dataset, Sequence, END
 pub use error::{FinetuneError, Result};
 pub use gguf_adapter::{import_peft, read_adapter, read_adapter_gguf, write_adapter_gguf, write_adapter_gguf_at_step};
 pub use lora::{LoraAdapter, LoraPair, LoraTarget, Matrix};
-pub use model::{BaseModel, BaseSource};
+pub use model::{parameter_shapes, preset, BaseModel, BaseSource, PRESETS};
 pub use optim::{AdamW, AdamWConfig, Schedule, ScheduleKind};
 pub use peft::{read_peft, write_peft};
 pub use plan::AdapterShape;
-pub use trainer::{StepGate, StepReport, TrainEvent, TrainOptions, TrainOutcome, Trainer};
+pub use trainer::{
+    FullParameters, LoraParameters, NamedWeights, StepGate, StepReport, TrainEvent, TrainOptions, TrainOutcome,
+    Trainable, Trainer,
+};
 
 /// The device training runs on: `cpu`, or `cuda` / `cuda:N` in a build with the `cuda` feature.
 pub fn device(name: &str) -> Result<candle_core::Device> {

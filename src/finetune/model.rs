@@ -8,8 +8,10 @@
 //! * final LayerNorm, then `lm_head` with a bias;
 //! * LoRA on a linear layer as PEFT computes it: `y = x·Wᵀ + b + scaling · (x·Aᵀ)·Bᵀ`.
 //!
-//! Base weights never get gradients: their matmuls compute the input's gradient only. On the CPU the pieces of a
-//! block are the fused ops of [`super::cpu_ops`]; elsewhere candle's differentiable ops.
+//! For LoRA the base weights get no gradients: their matmuls compute the input's gradient only. Full training
+//! ([`BaseModel::make_trainable`]) turns every weight into a `Var` and switches to ops that give the weights their
+//! gradients too, so the LoRA path never pays for them. On the CPU the pieces of a block are the fused ops of
+//! [`super::cpu_ops`]; elsewhere candle's differentiable ops.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -24,6 +26,38 @@ use super::cpu_ops;
 use super::error::{FinetuneError, Result};
 use super::lora::{LoraAdapter, LoraTarget};
 
+/// The shapes `phi-tui train --preset` offers, smallest first: (name, what it is). All use the phi-1 vocabulary and
+/// tokenizer, half the head rotary, LayerNorm ε 1e-5 and rope θ 10000, as phi-1 does.
+pub const PRESETS: [(&str, &str); 4] = [
+    ("tiny", "2 layers, width 64, 4 heads, MLP 256, context 512 (~6.6M parameters, nearly all vocabulary)"),
+    ("small", "4 layers, width 128, 4 heads, MLP 512, context 1024 (~14M parameters)"),
+    ("base", "8 layers, width 512, 8 heads, MLP 2048, context 2048 (~78M parameters)"),
+    ("phi-1", "phi-1's own shape: 24 layers, width 2048, 32 heads, MLP 8192, context 2048 (1.4B parameters)"),
+];
+
+/// The config of a preset shape ([`PRESETS`]).
+pub fn preset(name: &str) -> Option<ModelConfig> {
+    let (num_layers, hidden_size, num_heads, context_length) = match name {
+        "tiny" => (2, 64, 4, 512),
+        "small" => (4, 128, 4, 1024),
+        "base" => (8, 512, 8, 2048),
+        "phi-1" => (24, 2048, 32, 2048),
+        _ => return None,
+    };
+    Some(ModelConfig {
+        vocab_size: 51200,
+        hidden_size,
+        intermediate_size: 4 * hidden_size,
+        num_layers,
+        num_heads,
+        num_kv_heads: num_heads,
+        context_length,
+        layer_norm_eps: 1e-5,
+        rope_dims: hidden_size / num_heads / 2,
+        rope_theta: 10000.0,
+    })
+}
+
 /// Where the base weights came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BaseSource {
@@ -31,12 +65,15 @@ pub enum BaseSource {
     HfDir(PathBuf),
     /// A GGUF in F32, F16 or BF16.
     Gguf(PathBuf),
+    /// Randomly initialised ([`BaseModel::init_random`]), for training from scratch.
+    Fresh,
 }
 
 impl BaseSource {
     pub fn path(&self) -> &Path {
         match self {
             BaseSource::HfDir(p) | BaseSource::Gguf(p) => p,
+            BaseSource::Fresh => Path::new("(new model)"),
         }
     }
 }
@@ -87,6 +124,8 @@ pub struct BaseModel {
     /// Whether the forward pass uses the fused ops of [`cpu_ops`] (on the CPU) or candle's ops (elsewhere, and in
     /// tests that hold the two to each other).
     fused: bool,
+    /// Whether the weights are `Var`s that get gradients (full training) rather than frozen.
+    trained: bool,
 }
 
 /// The LoRA matrices as device tensors, for one forward pass. In training they are the tensors of `Var`s (so the
@@ -145,20 +184,95 @@ impl BaseModel {
         &self.device
     }
 
+    /// A new model of shape `config` with transformers' `PhiPreTrainedModel` initialisation: linear weights and the
+    /// embedding from N(0, `init_std`²), biases 0, LayerNorm weights 1 and biases 0. Seeded, so a run repeats.
+    pub fn init_random(config: ModelConfig, init_std: f64, seed: u64, device: &Device) -> Result<BaseModel> {
+        if config.num_heads == 0
+            || config.num_kv_heads == 0
+            || config.hidden_size % config.num_heads != 0
+            || config.num_heads % config.num_kv_heads != 0
+            || config.rope_dims > config.head_dim()
+            || config.rope_dims % 2 != 0
+        {
+            return Err(FinetuneError::Option(format!(
+                "invalid model shape: width {}, {} heads, {} key/value heads, {} rotary channels",
+                config.hidden_size, config.num_heads, config.num_kv_heads, config.rope_dims
+            )));
+        }
+        let mut rng = super::rng::SplitMix64::new(seed);
+        let mut tensors = HashMap::new();
+        for (name, shape) in parameter_shapes(&config) {
+            let count: usize = shape.iter().product();
+            let values: Vec<f32> = if name.ends_with("norm.weight") {
+                vec![1.0; count]
+            } else if name.ends_with(".bias") {
+                vec![0.0; count]
+            } else {
+                (0..count).map(|_| (rng.next_normal() * init_std) as f32).collect()
+            };
+            tensors.insert(name, Tensor::from_vec(values, shape, device)?);
+        }
+        assemble(config, BaseSource::Fresh, tensors, device)
+    }
+
+    /// Turns every weight into a `Var` that gets gradients (full training) and returns them by canonical (GGUF)
+    /// name, in [`parameter_shapes`] order. After this the forward pass takes the gradient-giving ops.
+    pub fn make_trainable(&mut self) -> Result<Vec<(String, candle_core::Var)>> {
+        let mut vars = Vec::new();
+        for (name, tensor) in self.parameters_mut() {
+            let var = candle_core::Var::from_tensor(tensor)?;
+            *tensor = var.as_tensor().clone();
+            vars.push((name, var));
+        }
+        self.trained = true;
+        Ok(vars)
+    }
+
+    /// Whether [`BaseModel::make_trainable`] made the weights `Var`s.
+    pub fn is_trainable(&self) -> bool {
+        self.trained
+    }
+
+    /// Every weight by canonical name, in [`parameter_shapes`] order.
+    fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        let mut all = vec![("token_embd.weight".to_owned(), &mut self.embed)];
+        for (layer, block) in self.blocks.iter_mut().enumerate() {
+            let name = |s: &str| format!("blk.{layer}.{s}");
+            all.push((name("attn_norm.weight"), &mut block.norm_w));
+            all.push((name("attn_norm.bias"), &mut block.norm_b));
+            for (gguf, linear) in [
+                ("attn_q", &mut block.q),
+                ("attn_k", &mut block.k),
+                ("attn_v", &mut block.v),
+                ("attn_output", &mut block.dense),
+                ("ffn_up", &mut block.fc1),
+                ("ffn_down", &mut block.fc2),
+            ] {
+                all.push((name(&format!("{gguf}.weight")), &mut linear.w));
+                all.push((name(&format!("{gguf}.bias")), &mut linear.b));
+            }
+        }
+        all.push(("output_norm.weight".to_owned(), &mut self.final_norm_w));
+        all.push(("output_norm.bias".to_owned(), &mut self.final_norm_b));
+        all.push(("output.weight".to_owned(), &mut self.lm_head.w));
+        all.push(("output.bias".to_owned(), &mut self.lm_head.b));
+        all
+    }
+
     /// Hidden states after the final LayerNorm, `[batch·seq, hidden]`.
     fn hidden_states(&self, ids: &Tensor, lora: &LoraTensors) -> Result<Tensor> {
         let c = &self.config;
         let (batch, seq) = ids.dims2()?;
         let (heads, kv_heads) = (c.num_heads, c.num_kv_heads);
-        let fused = self.fused;
+        let (fused, trained) = (self.fused, self.trained);
         let attention = Attention::new(c, &self.device, batch, seq, fused)?;
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?;
         for (layer, block) in self.blocks.iter().enumerate() {
             let linear = |input: &Tensor, target: LoraTarget| -> Result<Tensor> {
                 let lora_pair = lora.modules.get(&(layer, target));
-                linear_with_lora(input, block.linear(target), lora_pair, lora.scaling, fused)
+                linear_with_lora(input, block.linear(target), lora_pair, lora.scaling, fused, trained)
             };
-            let h = layer_norm(&x, &block.norm_w, &block.norm_b, c.layer_norm_eps, fused)?;
+            let h = layer_norm(&x, &block.norm_w, &block.norm_b, c.layer_norm_eps, fused, trained)?;
             let q = attention.split_heads(&linear(&h, LoraTarget::QProj)?, heads, true)?;
             let k = attention.split_heads(&linear(&h, LoraTarget::KProj)?, kv_heads, true)?;
             let v = attention.split_heads(&linear(&h, LoraTarget::VProj)?, kv_heads, false)?;
@@ -169,11 +283,11 @@ impl BaseModel {
             let mlp = linear(&gelu_new(&linear(&h, LoraTarget::Fc1)?, fused)?, LoraTarget::Fc2)?;
             x = ((attn + mlp)? + x)?;
         }
-        layer_norm(&x, &self.final_norm_w, &self.final_norm_b, c.layer_norm_eps, fused)
+        layer_norm(&x, &self.final_norm_w, &self.final_norm_b, c.layer_norm_eps, fused, trained)
     }
 
     fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
-        linear_with_lora(hidden, &self.lm_head, None, 0.0, self.fused)
+        linear_with_lora(hidden, &self.lm_head, None, 0.0, self.fused, self.trained)
     }
 
     /// The summed cross-entropy of a batch's targets (a scalar tensor in the graph when `lora` holds `Var`s).
@@ -197,7 +311,13 @@ impl BaseModel {
             targets: batch.targets.flatten_all()?.to_vec1::<u32>()?,
             softmax: std::sync::Mutex::new(None),
         };
-        Ok(hidden.contiguous()?.apply_op1_arc(Arc::new(Box::new(op)))?.sum_all()?)
+        let hidden = hidden.contiguous()?;
+        let losses = if self.trained {
+            hidden.apply_op3_arc(&self.lm_head.w, &self.lm_head.b, Arc::new(Box::new(op)))?
+        } else {
+            hidden.apply_op1_arc(Arc::new(Box::new(op)))?
+        };
+        Ok(losses.sum_all()?)
     }
 
     /// The same loss from candle's differentiable ops, for devices without the fused op.
@@ -236,15 +356,23 @@ impl Linear {
     }
 }
 
-/// `x·Wᵀ + b`, plus `scaling·(x·Aᵀ)·Bᵀ` when the layer has LoRA matrices. `x` is `[m, in]`.
+/// `x·Wᵀ + b`, plus `scaling·(x·Aᵀ)·Bᵀ` when the layer has LoRA matrices. `x` is `[m, in]`. With `trained`
+/// (full training, no LoRA), `W` and `b` get gradients too.
 fn linear_with_lora(
     x: &Tensor,
     linear: &Linear,
     lora: Option<&(Tensor, Tensor)>,
     scaling: f64,
     fused: bool,
+    trained: bool,
 ) -> Result<Tensor> {
     let x = x.contiguous()?;
+    if trained {
+        if fused {
+            return Ok(x.apply_op3_arc(&linear.w, &linear.b, Arc::new(Box::new(cpu_ops::TrainedLinear)))?);
+        }
+        return Ok(x.matmul(&linear.w.t()?)?.broadcast_add(&linear.b)?);
+    }
     if fused {
         let op = linear.cpu_op(scaling);
         return Ok(match lora {
@@ -269,8 +397,13 @@ fn gelu_new(x: &Tensor, fused: bool) -> Result<Tensor> {
     }
 }
 
-/// torch's LayerNorm over the last dimension (biased variance), with a frozen weight and bias.
-fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, fused: bool) -> Result<Tensor> {
+/// torch's LayerNorm over the last dimension (biased variance), with a frozen weight and bias, or with `trained`
+/// ones that get gradients (candle's graph ops give them theirs anyway).
+fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, fused: bool, trained: bool) -> Result<Tensor> {
+    if fused && trained {
+        let op = cpu_ops::TrainedLayerNorm { eps: eps as f32 };
+        return Ok(x.contiguous()?.apply_op3_arc(w, b, Arc::new(Box::new(op)))?);
+    }
     if fused {
         let op = cpu_ops::LayerNorm { w: w.clone(), b: b.clone(), eps: eps as f32 };
         return Ok(x.contiguous()?.apply_op1_arc(Arc::new(Box::new(op)))?);
@@ -508,6 +641,34 @@ fn load_gguf(path: &Path, device: &Device) -> Result<BaseModel> {
     assemble(config, BaseSource::Gguf(path.to_path_buf()), tensors, device)
 }
 
+/// The canonical (GGUF) names and shapes of a phi model's weights, in the order [`BaseModel::make_trainable`]
+/// returns them.
+pub fn parameter_shapes(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (vocab, hidden, inner, kv) = (config.vocab_size, config.hidden_size, config.intermediate_size, config.kv_dim());
+    let mut all = vec![("token_embd.weight".to_owned(), vec![vocab, hidden])];
+    for layer in 0..config.num_layers {
+        let name = |s: &str| format!("blk.{layer}.{s}");
+        all.push((name("attn_norm.weight"), vec![hidden]));
+        all.push((name("attn_norm.bias"), vec![hidden]));
+        for (gguf, out, input) in [
+            ("attn_q", hidden, hidden),
+            ("attn_k", kv, hidden),
+            ("attn_v", kv, hidden),
+            ("attn_output", hidden, hidden),
+            ("ffn_up", inner, hidden),
+            ("ffn_down", hidden, inner),
+        ] {
+            all.push((name(&format!("{gguf}.weight")), vec![out, input]));
+            all.push((name(&format!("{gguf}.bias")), vec![out]));
+        }
+    }
+    all.push(("output_norm.weight".to_owned(), vec![hidden]));
+    all.push(("output_norm.bias".to_owned(), vec![hidden]));
+    all.push(("output.weight".to_owned(), vec![vocab, hidden]));
+    all.push(("output.bias".to_owned(), vec![vocab]));
+    all
+}
+
 /// Canonical tensors by name, taken one by one with their expected shapes.
 struct TensorSet {
     path: PathBuf,
@@ -582,7 +743,18 @@ fn assemble(
         ));
     }
     let fused = device.is_cpu();
-    Ok(BaseModel { config, source, device: device.clone(), embed, blocks, final_norm_w, final_norm_b, lm_head, fused })
+    Ok(BaseModel {
+        config,
+        source,
+        device: device.clone(),
+        embed,
+        blocks,
+        final_norm_w,
+        final_norm_b,
+        lm_head,
+        fused,
+        trained: false,
+    })
 }
 
 #[cfg(test)]
@@ -680,6 +852,44 @@ mod tests {
             assert!(scale > 0.0);
             for (x, y) in f.iter().zip(&g) {
                 assert!((x - y).abs() <= 1e-5 * scale, "{f:?} vs {g:?}");
+            }
+        }
+    }
+
+    /// Full training: the weight-gradient ops (linear, LayerNorm, the lm_head loss) against candle's graph ops,
+    /// every weight's gradient included (the embedding's from candle's `index_select` in both).
+    #[test]
+    fn the_fused_trained_forward_pass_equals_the_graph_one_with_every_weights_gradient() {
+        let device = Device::Cpu;
+        let mut model = random_model(&device);
+        let vars = model.make_trainable().unwrap();
+        assert_eq!(vars.len(), parameter_shapes(&model.config).len());
+        let sequences = [
+            crate::finetune::Sequence { ids: vec![1, 5, 7, 9, 2, 39, 11], targets: vec![true; 7] },
+            crate::finetune::Sequence { ids: vec![3, 4, 0], targets: vec![false, true, true] },
+        ];
+        let batch = crate::finetune::data::make_batch(&sequences.iter().collect::<Vec<_>>(), &device).unwrap();
+        let mut run = |fused: bool| {
+            model.fused = fused;
+            let loss = model.loss_sum(&batch, &LoraTensors::none()).unwrap();
+            let grads = loss.backward().unwrap();
+            let grads: Vec<Vec<f32>> = vars
+                .iter()
+                .map(|(name, v)| {
+                    let grad = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+                    grad.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                })
+                .collect();
+            (loss.to_scalar::<f32>().unwrap(), grads)
+        };
+        let (fused_loss, fused_grads) = run(true);
+        let (graph_loss, graph_grads) = run(false);
+        assert!((fused_loss - graph_loss).abs() <= 1e-5 * graph_loss.abs(), "{fused_loss} vs {graph_loss}");
+        for ((name, _), (f, g)) in vars.iter().zip(fused_grads.iter().zip(&graph_grads)) {
+            let scale = g.iter().fold(0f32, |m, x| m.max(x.abs()));
+            assert!(scale > 0.0, "{name}");
+            for (x, y) in f.iter().zip(g) {
+                assert!((x - y).abs() <= 1e-4 * scale, "{name}: {f:?} vs {g:?}");
             }
         }
     }

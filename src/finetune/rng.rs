@@ -33,6 +33,13 @@ impl SplitMix64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
+    /// Standard normal (Box–Muller, one of the pair).
+    pub(crate) fn next_normal(&mut self) -> f64 {
+        // 1 − u is in (0, 1], so its logarithm is finite.
+        let (u, v) = (1.0 - self.next_f64(), self.next_f64());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+
     /// Uniform in [0, n) without modulo bias (n > 0).
     pub(crate) fn below(&mut self, n: usize) -> usize {
         let n = n as u64;

@@ -1,4 +1,7 @@
-//! The training loop: LoRA matrices as candle `Var`s for the forward and backward pass, AdamW on host copies.
+//! The training loop: the trained parameters as candle `Var`s for the forward and backward pass, AdamW on host
+//! copies. What is trained is the seam [`Trainable`]: LoRA matrices on a frozen base ([`LoraParameters`], `phi-tui
+//! finetune`) or every weight of the model ([`FullParameters`], `phi-tui train`); the loop, the optimizer, the
+//! data order, validation and checkpoints are the same for both.
 //!
 //! One optimizer step takes `batch_size · grad_accum` sequences. The loss of a step is the mean cross-entropy
 //! over all its targets (the sum over micro-batches divided by the step's target count, so accumulation gives the
@@ -13,11 +16,11 @@ use std::time::Instant;
 use candle_core::{Tensor, Var};
 use serde_json::json;
 
-use super::checkpoint::{self, Checkpoint, CheckpointState};
+use super::checkpoint::{self, Checkpoint, CheckpointState, SavedParameter};
 use super::data::{make_batch, Dataset, Sequence};
 use super::error::{FinetuneError, Result};
 use super::lora::{LoraAdapter, LoraPair, LoraTarget, Matrix};
-use super::model::{BaseModel, LoraTensors};
+use super::model::{parameter_shapes, BaseModel, LoraTensors};
 use super::optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule, ScheduleKind};
 use super::rng::SplitMix64;
 
@@ -95,9 +98,128 @@ pub struct StepReport {
     pub seconds: f64,
 }
 
+/// What a run trains: the parameters as `Var`s (in a fixed order), what the forward pass adds to the model for
+/// them, and what the run produces from their values. Implemented here only (its methods take the crate's
+/// internal forward-pass and checkpoint types, hence `private_interfaces`); callers choose one of the two.
+#[allow(private_interfaces)]
+pub trait Trainable {
+    /// What a run produces: a LoRA adapter, or the model's weights.
+    type Weights: Clone + std::fmt::Debug;
+
+    /// The parameters the forward pass reads, in parameter order.
+    fn vars(&self) -> &[Var];
+
+    /// The LoRA matrices the forward pass applies (none when the model's own weights are the `Var`s).
+    fn lora(&self) -> LoraTensors;
+
+    /// The result, from the parameters' values (`params[i]` is `vars()[i]`'s).
+    fn weights(&self, params: &[Vec<f32>]) -> Self::Weights;
+
+    /// Records in a checkpoint's state what the parameters are.
+    fn describe(&self, state: &mut CheckpointState);
+}
+
+/// LoRA matrices on a frozen base (`phi-tui finetune`): parameters `2i` and `2i + 1` are module `keys[i]`'s A and B.
+pub struct LoraParameters {
+    rank: usize,
+    alpha: f32,
+    keys: Vec<(usize, LoraTarget)>,
+    vars: Vec<Var>,
+    /// `[rows, cols]` of each parameter.
+    shapes: Vec<[usize; 2]>,
+}
+
+#[allow(private_interfaces)]
+impl Trainable for LoraParameters {
+    type Weights = LoraAdapter;
+
+    fn vars(&self) -> &[Var] {
+        &self.vars
+    }
+
+    fn lora(&self) -> LoraTensors {
+        let pairs = self.vars.chunks_exact(2).map(|ab| (ab[0].as_tensor().clone(), ab[1].as_tensor().clone()));
+        LoraTensors {
+            scaling: f64::from(self.alpha) / self.rank as f64,
+            modules: self.keys.iter().copied().zip(pairs).collect(),
+        }
+    }
+
+    fn weights(&self, params: &[Vec<f32>]) -> LoraAdapter {
+        let mut modules = BTreeMap::new();
+        let matrices =
+            self.shapes.iter().zip(params).map(|(&[rows, cols], data)| Matrix { rows, cols, data: data.clone() });
+        let matrices: Vec<Matrix> = matrices.collect();
+        for (&key, ab) in self.keys.iter().zip(matrices.chunks_exact(2)) {
+            modules.insert(key, LoraPair { a: ab[0].clone(), b: ab[1].clone() });
+        }
+        LoraAdapter { rank: self.rank, alpha: self.alpha, modules }
+    }
+
+    fn describe(&self, state: &mut CheckpointState) {
+        state.rank = self.rank;
+        state.alpha = self.alpha;
+        state.modules = self.keys.iter().map(|&(l, t)| (l, t.peft_name().to_owned())).collect();
+    }
+}
+
+/// Every weight of the model (`phi-tui train`), made trainable by [`BaseModel::make_trainable`].
+pub struct FullParameters {
+    /// GGUF names, in parameter order.
+    names: Vec<String>,
+    vars: Vec<Var>,
+}
+
+impl FullParameters {
+    /// The `Var`s [`BaseModel::make_trainable`] returned for `model`.
+    pub fn new(model: &BaseModel, named: Vec<(String, Var)>) -> Result<FullParameters> {
+        let expected = parameter_shapes(&model.config);
+        let fits = expected.len() == named.len()
+            && expected
+                .iter()
+                .zip(&named)
+                .all(|((name, shape), (n, var))| name == n && var.as_tensor().dims() == shape);
+        if !fits || !model.is_trainable() {
+            return Err(FinetuneError::Option("the parameters are not this model's trainable weights".to_owned()));
+        }
+        let (names, vars) = named.into_iter().unzip();
+        Ok(FullParameters { names, vars })
+    }
+}
+
+/// A model's weights by GGUF name, with their shapes (row-major float32).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedWeights {
+    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+#[allow(private_interfaces)]
+impl Trainable for FullParameters {
+    type Weights = NamedWeights;
+
+    fn vars(&self) -> &[Var] {
+        &self.vars
+    }
+
+    fn lora(&self) -> LoraTensors {
+        LoraTensors::none()
+    }
+
+    fn weights(&self, params: &[Vec<f32>]) -> NamedWeights {
+        let tensors = self.names.iter().zip(&self.vars).zip(params);
+        NamedWeights {
+            tensors: tensors.map(|((n, var), p)| (n.clone(), var.as_tensor().dims().to_vec(), p.clone())).collect(),
+        }
+    }
+
+    fn describe(&self, state: &mut CheckpointState) {
+        state.parameters.clone_from(&self.names);
+    }
+}
+
 /// What happens during a run.
 #[derive(Debug, Clone, PartialEq)]
-pub enum TrainEvent {
+pub enum TrainEvent<W = LoraAdapter> {
     Started {
         start_step: u64,
         total_steps: u64,
@@ -114,11 +236,12 @@ pub enum TrainEvent {
         step: u64,
         path: PathBuf,
     },
-    /// The validation loss is the lowest of the run so far (the first one included): the adapter as it is now.
+    /// The validation loss is the lowest of the run so far (the first one included): the weights (the adapter,
+    /// for LoRA) as they are now.
     Improved {
         step: u64,
         loss: f64,
-        adapter: Box<LoraAdapter>,
+        weights: Box<W>,
     },
 }
 
@@ -138,8 +261,9 @@ impl StepGate for AtomicBool {
 
 /// How a run ended.
 #[derive(Debug, Clone)]
-pub struct TrainOutcome {
-    pub adapter: LoraAdapter,
+pub struct TrainOutcome<W = LoraAdapter> {
+    /// The trained weights at the end (the adapter, for LoRA).
+    pub weights: W,
     pub steps_done: u64,
     pub total_steps: u64,
     /// Stopped by the stop flag (Ctrl-C) before the last step; a checkpoint was saved if a directory was set.
@@ -150,18 +274,13 @@ pub struct TrainOutcome {
     pub best_validation: Option<(u64, f64)>,
 }
 
-pub struct Trainer<'a> {
+pub struct Trainer<'a, P: Trainable = LoraParameters> {
     model: &'a BaseModel,
     data: &'a Dataset,
     options: TrainOptions,
-    rank: usize,
-    alpha: f32,
-    keys: Vec<(usize, LoraTarget)>,
-    /// (A, B) per module, in `keys` order.
-    vars: Vec<(Var, Var)>,
-    /// Host copies of the parameters, two per module (A, B); the truth the optimizer updates.
+    trained: P,
+    /// Host copies of the parameters, in `trained.vars()` order; the truth the optimizer updates.
     params: Vec<Vec<f32>>,
-    shapes: Vec<[usize; 2]>,
     adam: AdamW,
     step: u64,
     steps_per_epoch: u64,
@@ -170,25 +289,95 @@ pub struct Trainer<'a> {
     best_validation: Option<(u64, f64)>,
 }
 
-impl<'a> Trainer<'a> {
+impl<'a> Trainer<'a, LoraParameters> {
     /// A run starting from `adapter` (a fresh or a given initialisation). Every option and the adapter are
     /// checked against the model and the data here, before any training.
     pub fn new(model: &'a BaseModel, data: &'a Dataset, adapter: LoraAdapter, options: TrainOptions) -> Result<Self> {
-        check_options(model, data, &options)?;
         adapter.check_fits(&model.config, model.source.path())?;
         let keys: Vec<_> = adapter.modules.keys().copied().collect();
-        let mut params = Vec::new();
-        let mut shapes = Vec::new();
-        let mut vars = Vec::new();
+        let (mut vars, mut shapes) = (Vec::new(), Vec::new());
         for pair in adapter.modules.values() {
-            let a = Var::from_slice(&pair.a.data, (pair.a.rows, pair.a.cols), model.device())?;
-            let b = Var::from_slice(&pair.b.data, (pair.b.rows, pair.b.cols), model.device())?;
-            vars.push((a, b));
             for m in [&pair.a, &pair.b] {
-                params.push(m.data.clone());
+                vars.push(Var::from_slice(&m.data, (m.rows, m.cols), model.device())?);
                 shapes.push(m.shape());
             }
         }
+        let trained = LoraParameters { rank: adapter.rank, alpha: adapter.alpha, keys, vars, shapes };
+        Trainer::with_parameters(model, data, trained, options)
+    }
+
+    /// Continues the run saved in `options.checkpoint_dir`. The settings, data and model must be those of the
+    /// saved run.
+    pub fn resume(model: &'a BaseModel, data: &'a Dataset, options: TrainOptions) -> Result<Self> {
+        let (dir, saved) = load_checkpoint(&options)?;
+        let adapter = saved.adapter(&checkpoint::checkpoint_path(&dir))?;
+        let trainer = Trainer::new(model, data, adapter, options)?;
+        trainer.restored(saved)
+    }
+
+    /// The adapter as it is now.
+    pub fn adapter(&self) -> LoraAdapter {
+        self.weights()
+    }
+}
+
+impl<'a> Trainer<'a, FullParameters> {
+    /// A full-training run of `model`'s weights, from their current values; `trained` holds the `Var`s
+    /// [`BaseModel::make_trainable`] made of them.
+    pub fn new_full(
+        model: &'a BaseModel,
+        data: &'a Dataset,
+        trained: FullParameters,
+        options: TrainOptions,
+    ) -> Result<Self> {
+        Trainer::with_parameters(model, data, trained, options)
+    }
+
+    /// Continues the full-training run saved in `options.checkpoint_dir`: the weights, the optimizer state and the
+    /// step come from the checkpoint.
+    pub fn resume_full(
+        model: &'a BaseModel,
+        data: &'a Dataset,
+        trained: FullParameters,
+        options: TrainOptions,
+    ) -> Result<Self> {
+        let (dir, saved) = load_checkpoint(&options)?;
+        let path = checkpoint::checkpoint_path(&dir);
+        if !saved.state.is_full() {
+            return Err(FinetuneError::checkpoint(path, "this checkpoint is of a LoRA run (`phi-tui finetune`)"));
+        }
+        if saved.state.parameters != trained.names {
+            return Err(FinetuneError::checkpoint(path, "the checkpoint's weights are not this model's"));
+        }
+        let mut trainer = Trainer::new_full(model, data, trained, options)?;
+        for (param, saved) in trainer.params.iter_mut().zip(&saved.parameters) {
+            if saved.data.len() != param.len() {
+                return Err(FinetuneError::checkpoint(path, "the checkpoint's weights do not fit the model"));
+            }
+            param.clone_from(&saved.data);
+        }
+        trainer.restored(saved)
+    }
+}
+
+/// The checkpoint in `options.checkpoint_dir`, and that directory.
+fn load_checkpoint(options: &TrainOptions) -> Result<(PathBuf, Checkpoint)> {
+    let dir = options
+        .checkpoint_dir
+        .clone()
+        .ok_or_else(|| FinetuneError::Option("resuming needs a checkpoint directory".to_owned()))?;
+    let saved = checkpoint::load(&dir)?;
+    Ok((dir, saved))
+}
+
+impl<'a, P: Trainable> Trainer<'a, P> {
+    fn with_parameters(model: &'a BaseModel, data: &'a Dataset, trained: P, options: TrainOptions) -> Result<Self> {
+        check_options(model, data, &options)?;
+        let params = trained
+            .vars()
+            .iter()
+            .map(|var| Ok(var.as_tensor().flatten_all()?.to_vec1::<f32>()?))
+            .collect::<Result<Vec<_>>>()?;
         let sizes: Vec<usize> = params.iter().map(Vec::len).collect();
         let effective = (options.batch_size * options.grad_accum) as u64;
         let steps_per_epoch = (data.train.len() as u64).div_ceil(effective);
@@ -198,12 +387,8 @@ impl<'a> Trainer<'a> {
             data,
             adam: AdamW::new(options.adamw, &sizes),
             options,
-            rank: adapter.rank,
-            alpha: adapter.alpha,
-            keys,
-            vars,
+            trained,
             params,
-            shapes,
             step: 0,
             steps_per_epoch,
             total_steps,
@@ -211,36 +396,30 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// Continues the run saved in `options.checkpoint_dir`. The settings, data and model must be those of the
-    /// saved run.
-    pub fn resume(model: &'a BaseModel, data: &'a Dataset, options: TrainOptions) -> Result<Self> {
-        let dir = options
-            .checkpoint_dir
-            .clone()
-            .ok_or_else(|| FinetuneError::Option("resuming needs a checkpoint directory".to_owned()))?;
-        let saved = checkpoint::load(&dir)?;
-        let path = checkpoint::checkpoint_path(&dir);
-        let mut trainer = Trainer::new(model, data, saved.adapter.clone(), options)?;
-        if let Some(difference) = checkpoint::settings_difference(&saved.state.settings, &trainer.settings()) {
+    /// This run continued from `saved`, whose parameters it already holds: the settings must match, and the
+    /// optimizer state and step come from it.
+    fn restored(mut self, saved: Checkpoint) -> Result<Self> {
+        let path = self.options.checkpoint_dir.as_deref().map(checkpoint::checkpoint_path).unwrap_or_default();
+        if let Some(difference) = checkpoint::settings_difference(&saved.state.settings, &self.settings()) {
             return Err(FinetuneError::checkpoint(path, format!("cannot resume with other settings: {difference}")));
         }
-        let sizes_match = saved.m.len() == trainer.params.len()
+        let sizes_match = saved.m.len() == self.params.len()
             && saved
                 .m
                 .iter()
                 .zip(&saved.v)
-                .zip(&trainer.params)
+                .zip(&self.params)
                 .all(|((m, v), p)| m.len() == p.len() && v.len() == p.len());
-        if !sizes_match || saved.state.step > trainer.total_steps {
-            return Err(FinetuneError::checkpoint(path, "the optimizer state does not fit the adapter"));
+        if !sizes_match || saved.state.step > self.total_steps {
+            return Err(FinetuneError::checkpoint(path, "the optimizer state does not fit the parameters"));
         }
-        trainer.adam.m = saved.m;
-        trainer.adam.v = saved.v;
-        trainer.adam.step = saved.state.adam_step;
-        trainer.step = saved.state.step;
-        trainer.best_validation = saved.state.best_validation;
-        tracing::info!(step = trainer.step, "resuming from {}", path.display());
-        Ok(trainer)
+        self.adam.m = saved.m;
+        self.adam.v = saved.v;
+        self.adam.step = saved.state.adam_step;
+        self.step = saved.state.step;
+        self.best_validation = saved.state.best_validation;
+        tracing::info!(step = self.step, "resuming from {}", path.display());
+        Ok(self)
     }
 
     /// Optimizer steps done.
@@ -261,15 +440,9 @@ impl<'a> Trainer<'a> {
         self.best_validation
     }
 
-    /// The adapter as it is now.
-    pub fn adapter(&self) -> LoraAdapter {
-        let mut modules = BTreeMap::new();
-        for (i, &key) in self.keys.iter().enumerate() {
-            let matrix =
-                |j: usize| Matrix { rows: self.shapes[j][0], cols: self.shapes[j][1], data: self.params[j].clone() };
-            modules.insert(key, LoraPair { a: matrix(2 * i), b: matrix(2 * i + 1) });
-        }
-        LoraAdapter { rank: self.rank, alpha: self.alpha, modules }
+    /// The trained weights as they are now.
+    pub fn weights(&self) -> P::Weights {
+        self.trained.weights(&self.params)
     }
 
     /// Everything the run's result depends on besides the initial adapter; a checkpoint stores it and a resume
@@ -299,17 +472,26 @@ impl<'a> Trainer<'a> {
 
     /// Saves a checkpoint into `dir`.
     pub fn save_checkpoint(&self, dir: &std::path::Path) -> Result<PathBuf> {
-        let state = CheckpointState {
+        let mut state = CheckpointState {
             version: checkpoint::FORMAT_VERSION,
             step: self.step,
             adam_step: self.adam.step,
-            rank: self.rank,
-            alpha: self.alpha,
-            modules: self.keys.iter().map(|&(l, t)| (l, t.peft_name().to_owned())).collect(),
+            rank: 0,
+            alpha: 0.0,
+            modules: Vec::new(),
+            parameters: Vec::new(),
             settings: self.settings(),
             best_validation: self.best_validation,
         };
-        let checkpoint = Checkpoint { state, adapter: self.adapter(), m: self.adam.m.clone(), v: self.adam.v.clone() };
+        self.trained.describe(&mut state);
+        let parameters = self
+            .trained
+            .vars()
+            .iter()
+            .zip(&self.params)
+            .map(|(var, data)| SavedParameter { shape: var.as_tensor().dims().to_vec(), data: data.clone() })
+            .collect();
+        let checkpoint = Checkpoint { state, parameters, m: self.adam.m.clone(), v: self.adam.v.clone() };
         checkpoint::save(dir, &checkpoint)
     }
 
@@ -337,25 +519,23 @@ impl<'a> Trainer<'a> {
         chosen.chunks(self.options.batch_size).map(|c| c.iter().map(|&i| &data.train[i]).collect()).collect()
     }
 
-    fn train_lora(&self) -> LoraTensors {
-        let modules =
-            self.keys.iter().zip(&self.vars).map(|(&k, (a, b))| (k, (a.as_tensor().clone(), b.as_tensor().clone())));
-        LoraTensors { scaling: f64::from(self.alpha) / self.rank as f64, modules: modules.collect() }
+    /// Copies the host parameters into the `Var`s the forward pass reads.
+    fn sync_vars(&self) -> Result<()> {
+        for (var, values) in self.trained.vars().iter().zip(&self.params) {
+            var.set(&Tensor::from_slice(values, var.as_tensor().shape(), self.model.device())?)?;
+        }
+        Ok(())
     }
 
-    /// Loss and gradients (one per parameter, A and B of each module in order) of a set of micro-batches,
-    /// normalised by their total target count. Also the number of tokens.
+    /// Loss and gradients (one per parameter, in parameter order) of a set of micro-batches, normalised by their
+    /// total target count. Also the number of tokens.
     fn loss_and_gradients(&self, batches: &[Vec<&Sequence>]) -> Result<(f64, Vec<Vec<f32>>, usize)> {
-        for ((a, b), j) in self.vars.iter().zip((0..).step_by(2)) {
-            a.set(&Tensor::from_slice(&self.params[j], (self.shapes[j][0], self.shapes[j][1]), self.model.device())?)?;
-            let [rows, cols] = self.shapes[j + 1];
-            b.set(&Tensor::from_slice(&self.params[j + 1], (rows, cols), self.model.device())?)?;
-        }
+        self.sync_vars()?;
         let count: usize = batches.iter().flatten().map(|s| s.target_count()).sum();
         if count == 0 {
             return Err(FinetuneError::Option("a training step has no targets".to_owned()));
         }
-        let lora = self.train_lora();
+        let lora = self.trained.lora();
         let mut loss_total = 0.0;
         let mut tokens = 0;
         let mut grads: Vec<Vec<f32>> = self.params.iter().map(|p| vec![0.0; p.len()]).collect();
@@ -368,12 +548,10 @@ impl<'a> Trainer<'a> {
             let loss = self.model.loss_sum(&batch, &lora)?.affine(1.0 / count as f64, 0.0)?;
             loss_total += f64::from(loss.to_scalar::<f32>()?);
             let store = loss.backward()?;
-            for ((a, b), j) in self.vars.iter().zip((0..).step_by(2)) {
-                for (var, index) in [(a, j), (b, j + 1)] {
-                    if let Some(grad) = store.get(var.as_tensor()) {
-                        let grad = grad.flatten_all()?.to_vec1::<f32>()?;
-                        grads[index].iter_mut().zip(grad).for_each(|(sum, g)| *sum += g);
-                    }
+            for (var, sum) in self.trained.vars().iter().zip(&mut grads) {
+                if let Some(grad) = store.get(var.as_tensor()) {
+                    let grad = grad.flatten_all()?.to_vec1::<f32>()?;
+                    sum.iter_mut().zip(grad).for_each(|(sum, g)| *sum += g);
                 }
             }
         }
@@ -381,15 +559,11 @@ impl<'a> Trainer<'a> {
     }
 
     /// Loss and gradients of the given sequences (one batch) at the current parameters, without an update; the
-    /// gradients come back shaped as an adapter (`A` and `B` hold ∂loss/∂A and ∂loss/∂B).
-    pub fn gradients(&self, sequences: &[&Sequence]) -> Result<(f64, LoraAdapter)> {
+    /// gradients come back shaped as the weights (for LoRA an adapter whose `A` and `B` hold ∂loss/∂A and
+    /// ∂loss/∂B).
+    pub fn gradients(&self, sequences: &[&Sequence]) -> Result<(f64, P::Weights)> {
         let (loss, grads, _) = self.loss_and_gradients(&[sequences.to_vec()])?;
-        let mut adapter = self.adapter();
-        for (pair, j) in adapter.modules.values_mut().zip((0..).step_by(2)) {
-            pair.a.data.clone_from(&grads[j]);
-            pair.b.data.clone_from(&grads[j + 1]);
-        }
-        Ok((loss, adapter))
+        Ok((loss, self.trained.weights(&grads)))
     }
 
     /// Mean loss over the validation sequences (token-weighted), `None` without validation data.
@@ -397,8 +571,8 @@ impl<'a> Trainer<'a> {
         if self.data.validation.is_empty() {
             return Ok(None);
         }
-        let adapter = self.adapter();
-        let lora = LoraTensors::from_adapter(&adapter, self.model.device())?;
+        self.sync_vars()?;
+        let lora = self.trained.lora();
         let (mut sum, mut count) = (0.0, 0);
         let sequences: Vec<&Sequence> = self.data.validation.iter().collect();
         for chunk in sequences.chunks(self.options.batch_size) {
@@ -414,7 +588,11 @@ impl<'a> Trainer<'a> {
 
     /// Trains until the last step or until `gate` says stop (asked before every step). Checkpoints go to
     /// `options.checkpoint_dir` at the end of each epoch, every `save_every` steps, on stop and at the end.
-    pub fn run(&mut self, gate: &dyn StepGate, on_event: &mut dyn FnMut(&TrainEvent)) -> Result<TrainOutcome> {
+    pub fn run(
+        &mut self,
+        gate: &dyn StepGate,
+        on_event: &mut dyn FnMut(&TrainEvent<P::Weights>),
+    ) -> Result<TrainOutcome<P::Weights>> {
         on_event(&TrainEvent::Started {
             start_step: self.step,
             total_steps: self.total_steps,
@@ -467,7 +645,7 @@ impl<'a> Trainer<'a> {
                     on_event(&TrainEvent::Validation { step: self.step, epoch, loss });
                     if self.best_validation.is_none_or(|(_, best)| loss < best) {
                         self.best_validation = Some((self.step, loss));
-                        on_event(&TrainEvent::Improved { step: self.step, loss, adapter: Box::new(self.adapter()) });
+                        on_event(&TrainEvent::Improved { step: self.step, loss, weights: Box::new(self.weights()) });
                     }
                 }
             }
@@ -480,7 +658,7 @@ impl<'a> Trainer<'a> {
             }
         }
         Ok(TrainOutcome {
-            adapter: self.adapter(),
+            weights: self.weights(),
             steps_done: self.step,
             total_steps: self.total_steps,
             interrupted,
