@@ -114,19 +114,32 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     // pp runs decode the whole prompt in one batch, as llama-bench does.
     options.batch_size = options.batch_size.max(args.n_prompt);
     // The prompt, the generated tokens, and room to sample one more.
-    let mut needed = args.n_prompt + args.n_gen + 1;
-    if args.draft == DraftMode::Lookup {
-        needed = needed.max(WORKLOAD_CONTEXT);
-    }
-    options.context_size = Some(options.context_size.unwrap_or(needed).max(needed));
+    let needed = args.n_prompt + args.n_gen + 1;
+    options.context_size = if args.draft == DraftMode::Lookup && args.workloads.is_empty() {
+        Some(options.context_size.unwrap_or(needed).max(needed).max(WORKLOAD_CONTEXT))
+    } else if args.draft == DraftMode::Lookup {
+        // Workload files of unknown length: the model's own context (unless given), checked against each prompt.
+        options.context_size.map(|given| given.max(needed))
+    } else {
+        Some(options.context_size.unwrap_or(needed).max(needed))
+    };
+    let options_context = options.context_size;
     let workloads = workloads(&args.workloads)?;
     let model = super::model_path(args.model.as_deref())?;
     let engine = Engine::start(options)?;
     let report = super::runtime()?.block_on(async {
         // The prompt and the generated tokens must fit the model's context: say so in the bench's terms.
+        let context_needed = options_context.unwrap_or(needed);
         let info = engine.load_model(&model, None).await.with_context(|| {
-            format!("bench -p {} -n {} needs a context of {needed} tokens", args.n_prompt, args.n_gen)
+            format!("bench -p {} -n {} needs a context of {context_needed} tokens", args.n_prompt, args.n_gen)
         })?;
+        anyhow::ensure!(
+            info.context_size >= needed,
+            "bench -p {} -n {} needs a context of {needed} tokens; the model's is {}",
+            args.n_prompt,
+            args.n_gen,
+            info.context_size
+        );
         let tokens = bench_tokens(&info, args.n_prompt as usize);
         let mut pp = Vec::new();
         let mut tg = Vec::new();

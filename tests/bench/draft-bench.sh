@@ -8,7 +8,10 @@
 #                     output falls into loops after a few tokens, like a real model copying code — drafts are taken;
 #   phi1-SHAPE-noise  the same with weights 5x larger (std 0.1): its output never repeats — drafts are rejected, the
 #                     worst case for drafting;
-#   tiny-phi          the tiny test fixture (too small for a batch to cost less than its tokens one by one).
+#   tiny-phi          the tiny test fixture (too small for a batch to cost less than its tokens one by one);
+#   stdlib-phi        the trained fixture (tests/fixtures/stdlib-phi: as small, but it writes Python, so its drafts
+#                     are accepted or rejected for the reasons a real model's are); its context is 256 tokens, so it
+#                     runs the short workloads of tests/bench/short_workloads and generates NG_SHORT (96) tokens.
 #
 #   tests/bench/draft-bench.sh [WORK_DIR]    env: THREADS (2), NG (128), REPS (3), SHAPE (small: phi-1-small's
 #                                            20 layers x 1024; full: phi-1's 24 x 2048), TYPE (f16), NGRAM, NGRAM_MIN,
@@ -41,6 +44,10 @@ for variant in "" -noise; do
 done
 tiny="$work/tiny-phi.f16.gguf"
 [ -f "$tiny" ] || "$bin" convert tests/fixtures/tiny-phi -o "$tiny" --outtype f16 2>/dev/null
+trained="$work/stdlib-phi.f16.gguf"
+[ -f "$trained" ] || "$bin" convert tests/fixtures/stdlib-phi -o "$trained" --outtype f16 2>/dev/null
+short_workloads=()
+for file in tests/bench/short_workloads/*; do short_workloads+=(--workload "$file"); done
 
 lookup=()
 [ -n "${NGRAM:-}" ] && lookup+=(--draft-ngram "$NGRAM")
@@ -49,9 +56,14 @@ lookup=()
 
 printf '%-22s %-10s %7s %12s %12s %8s %15s %9s\n' model workload prompt "plain tok/s" "lookup tok/s" speedup \
     "accepted/draft" identical
-for model in "${models[@]}" "$tiny"; do
-    "$bin" bench -m "$model" -p 16 -n "$ng" -r "$reps" --threads "$threads" --ngl 0 --draft lookup "${lookup[@]}" \
-        --json | python3 -c '
+for model in "${models[@]}" "$tiny" "$trained"; do
+    if [ "$model" = "$trained" ]; then
+        workload_args=(-n "${NG_SHORT:-96}" "${short_workloads[@]}")
+    else
+        workload_args=(-n "$ng")
+    fi
+    "$bin" bench -m "$model" -p 16 "${workload_args[@]}" -r "$reps" --threads "$threads" --ngl 0 --draft lookup \
+        "${lookup[@]}" --json | python3 -c '
 import json, os, sys
 report = json.load(sys.stdin)
 name = os.path.basename(sys.argv[1]).removesuffix(".gguf")
