@@ -760,6 +760,14 @@ fn assemble(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::finetune::rng::SplitMix64;
+
+    /// Normal values, std `std`, from a seeded generator: the tests below compare two computations to a tolerance,
+    /// so their inputs must be the same on every run (candle's `randn` on the CPU cannot be seeded).
+    fn normal(rng: &mut SplitMix64, std: f64, shape: &[usize], device: &Device) -> Tensor {
+        let values: Vec<f32> = (0..shape.iter().product()).map(|_| (rng.next_normal() * std) as f32).collect();
+        Tensor::from_vec(values, shape, device).unwrap()
+    }
     use candle_core::Var;
 
     /// A random 2-layer model with a small vocabulary, built directly from tensors.
@@ -777,8 +785,9 @@ mod tests {
             rope_theta: 10000.0,
         };
         let mut tensors = HashMap::new();
+        let mut rng = SplitMix64::new(1234);
         let mut add = |name: String, shape: &[usize]| {
-            let t = Tensor::randn(0f32, 0.5, shape, device).unwrap();
+            let t = normal(&mut rng, 0.5, shape, device);
             tensors.insert(name, t);
         };
         let (v, h, i, kv) = (40, 8, 16, 4);
@@ -807,8 +816,9 @@ mod tests {
 
     #[test]
     fn the_gelu_op_equals_candles_gelu_with_its_gradient() {
-        let x = Var::from_tensor(&(Tensor::randn(0f32, 2.0, (3, 50_000), &Device::Cpu).unwrap())).unwrap();
-        let weights = Tensor::randn(0f32, 1.0, (3, 50_000), &Device::Cpu).unwrap();
+        let mut rng = SplitMix64::new(5);
+        let x = Var::from_tensor(&normal(&mut rng, 2.0, &[3, 50_000], &Device::Cpu)).unwrap();
+        let weights = normal(&mut rng, 1.0, &[3, 50_000], &Device::Cpu);
         let ours = (gelu_new(x.as_tensor(), true).unwrap() * &weights).unwrap().sum_all().unwrap();
         let candle = (x.as_tensor().gelu().unwrap() * &weights).unwrap().sum_all().unwrap();
         let close = |a: &Tensor, b: &Tensor, tolerance: f32| {
@@ -833,8 +843,9 @@ mod tests {
             crate::finetune::Sequence { ids: vec![3, 4, 0], targets: vec![false, false, true] },
         ];
         let batch = crate::finetune::data::make_batch(&sequences.iter().collect::<Vec<_>>(), &device).unwrap();
-        let a = Var::from_tensor(&Tensor::randn(0f32, 0.3, (2, 8), &device).unwrap()).unwrap();
-        let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, (16, 2), &device).unwrap()).unwrap();
+        let mut rng = SplitMix64::new(6);
+        let a = Var::from_tensor(&normal(&mut rng, 0.3, &[2, 8], &device)).unwrap();
+        let b = Var::from_tensor(&normal(&mut rng, 0.3, &[16, 2], &device)).unwrap();
         let lora = LoraTensors {
             scaling: 2.0,
             modules: BTreeMap::from([((1, LoraTarget::Fc1), (a.as_tensor().clone(), b.as_tensor().clone()))]),
@@ -907,11 +918,12 @@ mod tests {
         let batch = crate::finetune::data::make_batch(&sequences.iter().collect::<Vec<_>>(), &device).unwrap();
         let mut vars = Vec::new();
         let mut modules = BTreeMap::new();
+        let mut rng = SplitMix64::new(7);
         for layer in 0..2 {
             for target in LoraTarget::ALL {
                 let (input, output) = target.dims(&model.config);
-                let a = Var::from_tensor(&Tensor::randn(0f32, 0.3, (2, input), &device).unwrap()).unwrap();
-                let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, (output, 2), &device).unwrap()).unwrap();
+                let a = Var::from_tensor(&normal(&mut rng, 0.3, &[2, input], &device)).unwrap();
+                let b = Var::from_tensor(&normal(&mut rng, 0.3, &[output, 2], &device)).unwrap();
                 modules.insert((layer, target), (a.as_tensor().clone(), b.as_tensor().clone()));
                 vars.extend([a, b]);
             }
