@@ -13,10 +13,13 @@ use clap::Args;
 use phi_tui::finetune::live::LiveControl;
 use phi_tui::finetune::{
     self, AdamWConfig, AdapterShape, BaseModel, DataOptions, LoraAdapter, ScheduleKind, TrainEvent, TrainOptions,
+    TrainOutcome,
 };
 use phi_tui::session::client::DaemonSession;
 use phi_tui::session::paths::SessionPaths;
 use phi_tui::session::{watch_interactive, ClientKind, SharedSession};
+
+use indicatif::ProgressBar;
 
 use super::interrupt::Interrupt;
 use super::progress::{self, Unit};
@@ -223,18 +226,7 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        TrainEvent::Started { start_step, total_steps, steps_per_epoch } => {
-            bar.set_position(*start_step);
-            bar.reset_eta();
-            tracing::info!(total_steps, steps_per_epoch, start_step, "training");
-        }
-        TrainEvent::Step(report) => log.step(&bar, report),
-        TrainEvent::Validation { step, epoch, loss } => {
-            bar.suspend(|| eprintln!("epoch {} (step {step}): validation loss {loss:.4}", epoch + 1));
-        }
-        TrainEvent::Checkpoint { step, path } => {
-            tracing::info!(step, "checkpoint {}", path.display());
-        }
+        other => show_training_event(&bar, &mut log, other),
     };
     let outcome = match &live {
         Some(_) => finetune::live::training_pool(args.threads)?.install(|| trainer.run(&*control, &mut on_event)),
@@ -246,14 +238,8 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!("live fine-tuning could not reach the session: {e:#}");
     }
     log.finish()?;
-    if outcome.interrupted {
-        eprintln!(
-            "stopped after step {}/{}; checkpoint in {} — continue with the same command plus --resume",
-            outcome.steps_done,
-            outcome.total_steps,
-            checkpoint_dir.display()
-        );
-        return Ok(ExitCode::from(130));
+    if let Some(interrupted) = report_interruption(&outcome, &checkpoint_dir) {
+        return Ok(interrupted);
     }
 
     // Live, --out holds the best adapter (lowest validation loss), already applied; without validation data there
@@ -274,13 +260,7 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
     };
     let base_name = base_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     finetune::write_peft(&peft_out, &kept, &base_name)?;
-    if let Some(loss) = outcome.last_loss {
-        eprint!("final training loss {loss:.4}");
-        if let Some(v) = outcome.validation_loss {
-            eprint!(", validation loss {v:.4}");
-        }
-        eprintln!();
-    }
+    report_final_losses(&outcome);
     eprintln!(
         "wrote {} (rank {}, alpha {}, {} parameters) and {}",
         args.out.display(),
@@ -336,6 +316,48 @@ fn import(base: Option<&Path>, peft_dir: &Path, out: &Path, device: &candle_core
     Ok(ExitCode::SUCCESS)
 }
 
+/// Shows a trainer's event on `bar` and in `log` the way every training command does (`finetune`, `train`); what
+/// an improved model means is each command's own business, so `Improved` shows nothing here.
+pub(super) fn show_training_event<W>(bar: &ProgressBar, log: &mut StepLog, event: &TrainEvent<W>) {
+    match event {
+        TrainEvent::Started { start_step, total_steps, steps_per_epoch } => {
+            bar.set_position(*start_step);
+            bar.reset_eta();
+            tracing::info!(total_steps, steps_per_epoch, start_step, "training");
+        }
+        TrainEvent::Step(report) => log.step(bar, report),
+        TrainEvent::Validation { step, epoch, loss } => {
+            bar.suspend(|| eprintln!("epoch {} (step {step}): validation loss {loss:.4}", epoch + 1));
+        }
+        TrainEvent::Checkpoint { step, path } => tracing::info!(step, "checkpoint {}", path.display()),
+        TrainEvent::Improved { .. } => {}
+    }
+}
+
+/// For a run stopped by Ctrl-C: says where its checkpoint is and how to continue, and gives the exit status (130).
+pub(super) fn report_interruption<W>(outcome: &TrainOutcome<W>, checkpoint_dir: &Path) -> Option<ExitCode> {
+    outcome.interrupted.then(|| {
+        eprintln!(
+            "stopped after step {}/{}; checkpoint in {} — continue with the same command plus --resume",
+            outcome.steps_done,
+            outcome.total_steps,
+            checkpoint_dir.display()
+        );
+        ExitCode::from(130)
+    })
+}
+
+/// The last step's training loss and the last validation loss of a finished run.
+pub(super) fn report_final_losses<W>(outcome: &TrainOutcome<W>) {
+    if let Some(loss) = outcome.last_loss {
+        eprint!("final training loss {loss:.4}");
+        if let Some(v) = outcome.validation_loss {
+            eprint!(", validation loss {v:.4}");
+        }
+        eprintln!();
+    }
+}
+
 /// `--log`: one JSON line per optimizer step, and the progress bar's message. A write error is kept and reported
 /// at the end rather than stopping the run.
 pub(super) struct StepLog {
@@ -362,7 +384,7 @@ impl StepLog {
         Ok(StepLog { file, error: None })
     }
 
-    pub(super) fn step(&mut self, bar: &indicatif::ProgressBar, report: &finetune::StepReport) {
+    pub(super) fn step(&mut self, bar: &ProgressBar, report: &finetune::StepReport) {
         bar.set_position(report.step);
         bar.set_message(format!(
             "loss {:.4}  {:.0} tok/s  lr {:.2e}",

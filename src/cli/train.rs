@@ -14,7 +14,9 @@ use phi_tui::finetune::{
     self, AdamWConfig, BaseModel, DataOptions, FullParameters, ScheduleKind, TrainEvent, TrainOptions, Trainer,
 };
 
-use super::finetune::{tune_process_for_training, StepLog};
+use super::finetune::{
+    report_final_losses, report_interruption, show_training_event, tune_process_for_training, StepLog,
+};
 use super::interrupt::Interrupt;
 use super::progress::{self, Unit};
 
@@ -204,40 +206,16 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
 
     let mut log = StepLog::open(args.log.as_deref(), args.resume)?;
     let bar = progress::bar(trainer.total_steps(), "step", Unit::Items);
-    let mut on_event = |event: &TrainEvent<_>| match event {
-        TrainEvent::Started { start_step, total_steps, steps_per_epoch } => {
-            bar.set_position(*start_step);
-            bar.reset_eta();
-            tracing::info!(total_steps, steps_per_epoch, start_step, "training");
-        }
-        TrainEvent::Step(report) => log.step(&bar, report),
-        TrainEvent::Validation { step, epoch, loss } => {
-            bar.suspend(|| eprintln!("epoch {} (step {step}): validation loss {loss:.4}", epoch + 1));
-        }
-        TrainEvent::Checkpoint { step, path } => tracing::info!(step, "checkpoint {}", path.display()),
-        TrainEvent::Improved { .. } => {}
-    };
+    let mut on_event = |event: &TrainEvent<_>| show_training_event(&bar, &mut log, event);
     let outcome = trainer.run(&*stop, &mut on_event);
     bar.finish_and_clear();
     let outcome = outcome?;
     log.finish()?;
-    if outcome.interrupted {
-        eprintln!(
-            "stopped after step {}/{}; checkpoint in {} — continue with the same command plus --resume",
-            outcome.steps_done,
-            outcome.total_steps,
-            checkpoint_dir.display()
-        );
-        return Ok(ExitCode::from(130));
+    if let Some(interrupted) = report_interruption(&outcome, &checkpoint_dir) {
+        return Ok(interrupted);
     }
     write_hf_checkpoint(&args.out, &config, &outcome.weights, args.dtype)?;
-    if let Some(loss) = outcome.last_loss {
-        eprint!("final training loss {loss:.4}");
-        if let Some(v) = outcome.validation_loss {
-            eprint!(", validation loss {v:.4}");
-        }
-        eprintln!();
-    }
+    report_final_losses(&outcome);
     eprintln!("wrote {} (a Hugging Face checkpoint; `phi-tui convert` makes a GGUF of it)", args.out.display());
     Ok(ExitCode::SUCCESS)
 }
