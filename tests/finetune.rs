@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use candle_core::Device;
 use common::*;
@@ -16,7 +16,7 @@ use phi_converters::OutType;
 use phi_tui::engine::{GenerateRequest, Prompt, SequenceId, TokenId};
 use phi_tui::finetune::live::{LiveControl, LiveEvent, LiveSettings, Provenance, RunState};
 use phi_tui::finetune::{
-    self, BaseModel, DataOptions, LoraAdapter, ScheduleKind, Sequence, StepGate, TrainEvent, TrainOptions, Trainer,
+    self, BaseModel, DataOptions, LoraAdapter, ScheduleKind, Sequence, TrainEvent, TrainOptions, Trainer,
 };
 use serde_json::Value;
 
@@ -395,18 +395,6 @@ fn a_stopped_run_resumes_exactly_where_it_stopped() {
     other.lr = 1e-3;
     let error = Trainer::resume(&model, &data, other).err().unwrap().to_string();
     assert!(error.contains("lr was"), "{error}");
-}
-
-/// A gate that lets `steps` steps through, then stops the run.
-struct StopAfter {
-    steps: u64,
-    asked: AtomicU64,
-}
-
-impl StepGate for StopAfter {
-    fn proceed(&self) -> bool {
-        self.asked.fetch_add(1, Ordering::SeqCst) < self.steps
-    }
 }
 
 /// A live run (the TUI's fine-tune screen, `finetune --live`) on a directory of Python files: stopping it keeps the

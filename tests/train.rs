@@ -9,13 +9,13 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use candle_core::Device;
 use common::*;
 use phi_tui::engine::{GenerateRequest, Prompt, SequenceId};
 use phi_tui::finetune::{
-    self, BaseModel, DataOptions, FullParameters, ScheduleKind, StepGate, TrainEvent, TrainOptions, Trainer,
+    self, BaseModel, DataOptions, FullParameters, ScheduleKind, TrainEvent, TrainOptions, Trainer,
 };
 use serde_json::Value;
 
@@ -165,18 +165,6 @@ fn train_reproduces_transformers_full_training_and_writes_a_checkpoint_the_conve
     assert!(convert.status.success(), "{}", String::from_utf8_lossy(&convert.stderr));
     let from_gguf = BaseModel::load(&gguf, &Device::Cpu).unwrap().last_logits(&ids, None).unwrap();
     assert!(max_abs_diff(&logits, &from_gguf) <= 1e-5);
-}
-
-/// A gate that lets `steps` steps through, then stops the run.
-struct StopAfter {
-    steps: u64,
-    asked: AtomicU64,
-}
-
-impl StepGate for StopAfter {
-    fn proceed(&self) -> bool {
-        self.asked.fetch_add(1, Ordering::SeqCst) < self.steps
-    }
 }
 
 /// A full-training run stopped after 2 of 5 steps and resumed computes the same losses and ends with the same

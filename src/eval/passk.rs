@@ -118,15 +118,7 @@ mod tests {
 
     #[test]
     fn report_averages_over_tasks() {
-        let result = |task: &str, sample: u32, passed: bool| SampleResult {
-            task_id: task.to_owned(),
-            sample,
-            completion: String::new(),
-            passed,
-            result: String::new(),
-            verdict: if passed { Verdict::Passed } else { Verdict::Failed },
-            duration_ms: 0,
-        };
+        let result = SampleResult::scored;
         let results = [result("a", 0, true), result("a", 1, false), result("b", 0, false), result("b", 1, false)];
         let report = Report::new(&results);
         assert_eq!((report.tasks, report.samples, report.passed, report.failed), (2, 4, 1, 3));

@@ -135,7 +135,6 @@ impl Tally {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::eval::Verdict;
 
     /// The first `n` HumanEval tasks (built into the binary).
     fn tasks(n: usize) -> Vec<Task> {
@@ -143,18 +142,6 @@ mod tests {
             crate::eval::load_tasks(Benchmark::HumanEval, &crate::eval::BenchmarkData::from_dir(None)).unwrap();
         tasks.truncate(n);
         tasks
-    }
-
-    fn result(id: &str, sample: u32, passed: bool) -> SampleResult {
-        SampleResult {
-            task_id: id.to_owned(),
-            sample,
-            completion: String::new(),
-            passed,
-            result: String::new(),
-            verdict: if passed { Verdict::Passed } else { Verdict::Failed },
-            duration_ms: 0,
-        }
     }
 
     #[test]
@@ -178,8 +165,11 @@ mod tests {
 
     #[test]
     fn results_out_of_scope_or_repeated_are_dropped() {
-        let results =
-            vec![result("HumanEval/0", 0, true), result("HumanEval/9", 0, true), result("HumanEval/0", 0, false)];
+        let results = vec![
+            SampleResult::scored("HumanEval/0", 0, true),
+            SampleResult::scored("HumanEval/9", 0, true),
+            SampleResult::scored("HumanEval/0", 0, false),
+        ];
         let kept = in_scope(results, &tasks(1));
         assert_eq!(kept.len(), 1);
         assert!(kept[0].passed);
@@ -200,8 +190,8 @@ mod tests {
 
     #[test]
     fn the_tally_counts_resumed_and_new_results() {
-        let mut tally = Tally::resumed(vec![result("a", 0, true)]);
-        tally.record(result("a", 1, false), None).unwrap();
+        let mut tally = Tally::resumed(vec![SampleResult::scored("a", 0, true)]);
+        tally.record(SampleResult::scored("a", 1, false), None).unwrap();
         assert_eq!((tally.passed, tally.finished, tally.results.len()), (1, 1, 2));
         assert_eq!(tally.summary(), "passed 1/2 (50.0%)");
     }

@@ -50,6 +50,22 @@ pub struct SampleResult {
     pub duration_ms: u64,
 }
 
+#[cfg(test)]
+impl SampleResult {
+    /// A scored sample with nothing but its task, index and verdict, for the tests of what is computed from them.
+    pub(crate) fn scored(task_id: &str, sample: u32, passed: bool) -> SampleResult {
+        SampleResult {
+            task_id: task_id.to_owned(),
+            sample,
+            completion: String::new(),
+            passed,
+            result: String::new(),
+            verdict: if passed { Verdict::Passed } else { Verdict::Failed },
+            duration_ms: 0,
+        }
+    }
+}
+
 /// A completion to score.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completion {

@@ -166,3 +166,15 @@ pub fn rewrite_gguf(input: &phi_converters::gguf::GgufFile, target: &Path, edit:
     }
     out.flush().unwrap();
 }
+
+/// A trainer's gate that lets `steps` steps through, then stops the run.
+pub struct StopAfter {
+    pub steps: u64,
+    pub asked: std::sync::atomic::AtomicU64,
+}
+
+impl phi_tui::finetune::StepGate for StopAfter {
+    fn proceed(&self) -> bool {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < self.steps
+    }
+}
