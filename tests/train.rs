@@ -15,7 +15,7 @@ use candle_core::Device;
 use common::*;
 use phi_tui::engine::{GenerateRequest, Prompt, SequenceId};
 use phi_tui::finetune::{
-    self, BaseModel, DataOptions, FullParameters, ScheduleKind, TrainEvent, TrainOptions, Trainer,
+    self, BaseModel, DataOptions, FullParameters, Precision, ScheduleKind, TrainEvent, TrainOptions, Trainer,
 };
 use serde_json::Value;
 
@@ -165,6 +165,152 @@ fn train_reproduces_transformers_full_training_and_writes_a_checkpoint_the_conve
     assert!(convert.status.success(), "{}", String::from_utf8_lossy(&convert.stderr));
     let from_gguf = BaseModel::load(&gguf, &Device::Cpu).unwrap().last_logits(&ids, None).unwrap();
     assert!(max_abs_diff(&logits, &from_gguf) <= 1e-5);
+}
+
+/// bf16 and f16 mixed precision against PyTorch's (`torch.autocast` on the CPU, `GradScaler` for f16; made by the
+/// reference script): the same 10 steps as above. float16's rounding is fine enough that the two runs agree far
+/// more closely than either agrees with float32, which shows the casts are where autocast puts them; bfloat16 keeps
+/// 8 bits, so two correct implementations agree only to about its own distance from float32.
+#[test]
+fn mixed_precision_training_reproduces_torch_autocast() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = reference_data_jsonl(dir.path());
+    let init = fixtures().join("tiny-phi");
+    let float32: Value =
+        serde_json::from_str(&std::fs::read_to_string(reference_dir().join("losses.json")).unwrap()).unwrap();
+    // (precision, tolerance on the loss and the gradient norm, what float32 is from the reference at worst)
+    for (precision, tolerance, distance_from_float32) in [("f16", 2e-4, 5e-4), ("bf16", 1e-3, 1e-3)] {
+        let out = dir.path().join(precision);
+        let log = dir.path().join(format!("{precision}.jsonl"));
+        #[rustfmt::skip]
+        let output = phi_tui(&[
+            "train", "--init", init.to_str().unwrap(), "--data", data.to_str().unwrap(), "-o", out.to_str().unwrap(),
+            "--log", log.to_str().unwrap(), "--lr", "1e-3", "--weight-decay", "0.1", "--schedule", "cosine",
+            "--warmup-steps", "2", "--max-grad-norm", "1", "--batch", "2", "--steps", "10", "--seq-len", "32",
+            "--val-fraction", "0", "--no-shuffle", "--no-pack", "--precision", precision,
+        ]);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(&format!("training in {precision} mixed precision")), "{stderr}");
+
+        let reference: Value = serde_json::from_str(
+            &std::fs::read_to_string(reference_dir().join(format!("losses-{precision}.json"))).unwrap(),
+        )
+        .unwrap();
+        let column = |doc: &Value, key: &str| -> Vec<f64> {
+            doc[key].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
+        };
+        let (losses, norms) = (column(&reference, "losses"), column(&reference, "grad_norms"));
+        let lines: Vec<Value> =
+            std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 10);
+        let relative = |a: f64, b: f64| ((a - b) / b).abs();
+        let (mut worst_loss, mut worst_norm, mut float32_gap): (f64, f64, f64) = (0.0, 0.0, 0.0);
+        for (i, line) in lines.iter().enumerate() {
+            let loss = line["loss"].as_f64().unwrap();
+            assert!(relative(loss, losses[i]) <= tolerance, "{precision} step {i}: loss {loss} vs torch {}", losses[i]);
+            let grad_norm = line["grad_norm"].as_f64().unwrap();
+            let norm_error = relative(grad_norm, norms[i]);
+            assert!(norm_error <= tolerance, "{precision} step {i}: gradient norm {grad_norm} vs torch {}", norms[i]);
+            assert!((line["lr"].as_f64().unwrap() - column(&reference, "lrs")[i]).abs() <= 1e-12);
+            // float16 runs log their loss scale (torch's, as no step overflows here); others do not.
+            assert_eq!(line["loss_scale"], reference["loss_scales"][i], "{precision} step {i}");
+            worst_loss = worst_loss.max(relative(loss, losses[i]));
+            worst_norm = worst_norm.max(norm_error);
+            float32_gap = float32_gap.max(relative(losses[i], column(&float32, "losses")[i]));
+        }
+        // The comparison means something only if the precision moved torch's own losses off float32's.
+        assert!(float32_gap >= distance_from_float32, "{precision}: torch's run is {float32_gap:.1e} from float32");
+        eprintln!(
+            "{precision}: worst relative error against torch: loss {worst_loss:.1e}, gradient norm {worst_norm:.1e} \
+             (torch's {precision} run is up to {float32_gap:.1e} from float32)"
+        );
+
+        // The master weights are what is written: float32, by default, and the converter reads them.
+        let tensors = read_tensors(&out.join("model.safetensors"));
+        assert_eq!(tensors["lm_head.weight"].0, vec![51200, 64]);
+        phi_converters::inspect(&out).unwrap();
+    }
+}
+
+/// float16's loss scaling, as torch's `GradScaler`: a scale too large for float16 overflows the gradients, the step
+/// is skipped (the weights are untouched, so the next step on the same batch has the same loss) and the scale
+/// halved until it fits; a run stopped in the middle of that and resumed scales, and so computes, exactly as one
+/// that never stopped.
+#[test]
+fn float16_overflow_skips_steps_and_a_resumed_run_keeps_the_loss_scale() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer = finetune::load_tokenizer(&finetune::BaseSource::Fresh).unwrap();
+    let data_options = DataOptions { seq_len: 32, val_fraction: 0.0, seed: 0, vocab_size: Some(51200) };
+    let data = finetune::load_dataset(&reference_data_jsonl(dir.path()), &tokenizer, &data_options).unwrap();
+    let options = |checkpoint_dir: &Path| TrainOptions {
+        seq_len: 32,
+        batch_size: 2,
+        max_steps: Some(10),
+        lr: 1e-3,
+        shuffle: false,
+        checkpoint_dir: Some(checkpoint_dir.to_path_buf()),
+        initial_loss_scale: 2f64.powi(21),
+        ..TrainOptions::default()
+    };
+    let model = || {
+        let mut model = BaseModel::load(&fixtures().join("tiny-phi"), &Device::Cpu).unwrap();
+        let vars = model.make_trainable().unwrap();
+        model.set_precision(Precision::F16).unwrap();
+        let trained = FullParameters::new(&model, vars).unwrap();
+        (model, trained)
+    };
+    let steps_of = |trainer: &mut Trainer<'_, FullParameters>, gate: &dyn finetune::StepGate| {
+        let mut reports = Vec::new();
+        let outcome = trainer
+            .run(gate, &mut |e| {
+                if let TrainEvent::Step(r) = e {
+                    reports.push((r.loss, r.loss_scale.unwrap(), r.skipped))
+                }
+            })
+            .unwrap();
+        (reports, outcome)
+    };
+    let never = AtomicBool::new(false);
+
+    let (straight_model, trained) = model();
+    let mut straight = Trainer::new_full(&straight_model, &data, trained, options(&dir.path().join("a"))).unwrap();
+    let (reports, straight_outcome) = steps_of(&mut straight, &never);
+    let skipped = reports.iter().take_while(|r| r.2).count();
+    assert!((2..=5).contains(&skipped), "{reports:?}");
+    assert!(reports[skipped..].iter().all(|r| !r.2), "once the scale fits no step overflows: {reports:?}");
+    for (i, pair) in reports.windows(2).enumerate() {
+        let expected_scale = if pair[0].2 { pair[0].1 / 2.0 } else { pair[0].1 };
+        assert_eq!(pair[1].1, expected_scale, "step {i}: {reports:?}");
+        if pair[0].2 {
+            assert_eq!(pair[1].0, pair[0].0, "a skipped step changes no weight: {reports:?}");
+        }
+    }
+    assert_eq!(reports[0].1, 2f64.powi(21));
+    assert!(reports[9].0 < reports[skipped].0 - 0.5, "the run learns once the scale fits: {reports:?}");
+
+    // Stopped after 2 steps (both skipped, the scale halved twice), then resumed in a new trainer.
+    let resumed_dir = dir.path().join("b");
+    let (first_model, trained) = model();
+    let mut first = Trainer::new_full(&first_model, &data, trained, options(&resumed_dir)).unwrap();
+    let (mut resumed_reports, outcome) = steps_of(&mut first, &StopAfter { steps: 2, asked: AtomicU64::new(0) });
+    assert!(outcome.interrupted);
+    let (second_model, trained) = model();
+    let mut second = Trainer::resume_full(&second_model, &data, trained, options(&resumed_dir)).unwrap();
+    let (rest, resumed_outcome) = steps_of(&mut second, &never);
+    resumed_reports.extend(rest);
+    assert_eq!(resumed_reports, reports, "the resumed run scales and computes as the uninterrupted one");
+    assert!(resumed_outcome.weights == straight_outcome.weights, "and ends with the same weights, bit for bit");
+
+    // A float16 checkpoint does not resume as float32.
+    let (f32_model, vars) = {
+        let mut model = BaseModel::load(&fixtures().join("tiny-phi"), &Device::Cpu).unwrap();
+        let vars = model.make_trainable().unwrap();
+        (model, vars)
+    };
+    let trained = FullParameters::new(&f32_model, vars).unwrap();
+    let error = Trainer::resume_full(&f32_model, &data, trained, options(&resumed_dir)).err().unwrap().to_string();
+    assert!(error.contains("precision"), "{error}");
 }
 
 /// A full-training run stopped after 2 of 5 steps and resumed computes the same losses and ends with the same

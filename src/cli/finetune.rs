@@ -12,8 +12,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use phi_tui::finetune::live::LiveControl;
 use phi_tui::finetune::{
-    self, AdamWConfig, AdapterShape, BaseModel, DataOptions, LoraAdapter, ScheduleKind, TrainEvent, TrainOptions,
-    TrainOutcome,
+    self, AdamWConfig, AdapterShape, BaseModel, DataOptions, LoraAdapter, Precision, ScheduleKind, TrainEvent,
+    TrainOptions, TrainOutcome,
 };
 use phi_tui::session::client::DaemonSession;
 use phi_tui::session::paths::SessionPaths;
@@ -133,6 +133,11 @@ pub struct FinetuneArgs {
     /// Where to train: cpu, or cuda / cuda:N in a build with the `cuda` feature
     #[arg(long, default_value = if cfg!(feature = "cuda") { "cuda" } else { "cpu" })]
     device: String,
+    /// What the passes compute in: f32, or bf16 / f16 mixed precision (float32 master weights and optimizer,
+    /// products in 16 bits, loss scaling for f16; bf16 needs an Ampere or newer GPU) [default: bf16 on a GPU, f32
+    /// on the CPU, where 16 bits are emulated and slower]
+    #[arg(long)]
+    precision: Option<Precision>,
 }
 
 pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
@@ -152,7 +157,9 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
         bail!("--rank must be at least 1");
     }
 
-    let model = BaseModel::load(base_path, &device)?;
+    let mut model = BaseModel::load(base_path, &device)?;
+    model.set_precision(args.precision.unwrap_or_else(|| Precision::default_for(&device)))?;
+    let model = model;
     let config = &model.config;
     finetune::plan::check_seq_len(config, args.seq_len)?;
     tracing::info!(
@@ -193,6 +200,7 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
         checkpoint_dir: Some(checkpoint_dir.clone()),
         save_every: args.save_every,
         eval_every: args.eval_every.unwrap_or(if args.live { LIVE_EVAL_EVERY } else { 0 }),
+        ..TrainOptions::default()
     };
     let shape = AdapterShape { rank: args.rank, alpha: args.alpha, targets: args.targets.clone() };
     let mut trainer =
@@ -386,15 +394,19 @@ impl StepLog {
 
     pub(super) fn step(&mut self, bar: &ProgressBar, report: &finetune::StepReport) {
         bar.set_position(report.step);
+        let skipped = match report.loss_scale {
+            Some(scale) if report.skipped => format!("  (float16 overflow: step skipped, loss scale {})", scale / 2.0),
+            _ => String::new(),
+        };
         bar.set_message(format!(
-            "loss {:.4}  {:.0} tok/s  lr {:.2e}",
+            "loss {:.4}  {:.0} tok/s  lr {:.2e}{skipped}",
             report.loss,
             report.tokens as f64 / report.seconds.max(1e-9),
             report.lr
         ));
         tracing::debug!(step = report.step, loss = report.loss, lr = report.lr, grad_norm = report.grad_norm, "step");
         if let Some((_, log)) = &mut self.file {
-            let line = serde_json::json!({
+            let mut line = serde_json::json!({
                 "step": report.step,
                 "loss": report.loss,
                 "lr": report.lr,
@@ -402,6 +414,11 @@ impl StepLog {
                 "tokens": report.tokens,
                 "seconds": report.seconds,
             });
+            // float16 runs only, so that other runs' lines stay as they were.
+            if let Some(scale) = report.loss_scale {
+                line["loss_scale"] = serde_json::json!(scale);
+                line["skipped"] = serde_json::json!(report.skipped);
+            }
             if let Err(e) = writeln!(log, "{line}").and_then(|()| log.flush()) {
                 self.error.get_or_insert(e);
             }

@@ -11,7 +11,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use phi_tui::finetune::hf_checkpoint::{write_hf_checkpoint, WeightDtype};
 use phi_tui::finetune::{
-    self, AdamWConfig, BaseModel, DataOptions, FullParameters, ScheduleKind, TrainEvent, TrainOptions, Trainer,
+    self, AdamWConfig, BaseModel, DataOptions, FullParameters, Precision, ScheduleKind, TrainEvent, TrainOptions,
+    Trainer,
 };
 
 use super::finetune::{
@@ -110,9 +111,14 @@ pub struct TrainArgs {
     /// Also measure the validation loss every N steps (always: at each epoch's end and at the end)
     #[arg(long, default_value_t = 0)]
     eval_every: u64,
-    /// Where to train: cpu, or cuda / cuda:N in a build with the `cuda` feature (float32 there too)
+    /// Where to train: cpu, or cuda / cuda:N in a build with the `cuda` feature
     #[arg(long, default_value = if cfg!(feature = "cuda") { "cuda" } else { "cpu" })]
     device: String,
+    /// What the passes compute in: f32, or bf16 / f16 mixed precision (float32 master weights and optimizer,
+    /// products in 16 bits, loss scaling for f16; bf16 needs an Ampere or newer GPU) [default: bf16 on a GPU, f32
+    /// on the CPU, where 16 bits are emulated and slower]
+    #[arg(long)]
+    precision: Option<Precision>,
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
@@ -136,17 +142,22 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             BaseModel::init_random(config, args.init_std, args.seed, &device)?
         }
     };
+    let precision = args.precision.unwrap_or_else(|| Precision::default_for(&device));
     let config = model.config.clone();
     let parameters: usize = finetune::parameter_shapes(&config).iter().map(|(_, s)| s.iter().product::<usize>()).sum();
     eprintln!(
-        "model: {} layers, width {}, {} heads, MLP {}, context {} ({:.1}M parameters){}",
+        "model: {} layers, width {}, {} heads, MLP {}, context {} ({:.1}M parameters){}; training in {}",
         config.num_layers,
         config.hidden_size,
         config.num_heads,
         config.intermediate_size,
         config.context_length,
         parameters as f64 / 1e6,
-        args.init.as_ref().map(|p| format!(", from {}", p.display())).unwrap_or_default()
+        args.init.as_ref().map(|p| format!(", from {}", p.display())).unwrap_or_default(),
+        match precision {
+            Precision::F32 => "float32".to_owned(),
+            mixed => format!("{mixed} mixed precision"),
+        }
     );
     let seq_len = args.seq_len.unwrap_or(config.context_length.min(512));
     if seq_len > config.context_length {
@@ -188,8 +199,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         checkpoint_dir: Some(checkpoint_dir.clone()),
         save_every: args.save_every,
         eval_every: args.eval_every,
+        ..TrainOptions::default()
     };
     let vars = model.make_trainable()?;
+    model.set_precision(precision)?;
     let model = model;
     let trained = FullParameters::new(&model, vars)?;
     let mut trainer = if args.resume {

@@ -39,6 +39,9 @@ pub(crate) struct CheckpointState {
     /// The lowest validation loss so far and its step (absent in checkpoints of older versions).
     #[serde(default)]
     pub(crate) best_validation: Option<(u64, f64)>,
+    /// float16 mixed precision: the loss scaler's state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) loss_scaler: Option<super::precision::LossScaler>,
 }
 
 impl CheckpointState {

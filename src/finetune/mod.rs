@@ -8,6 +8,7 @@
 //! * [`lora`]: adapters as host data ([`LoraAdapter`]); [`peft`] and [`gguf_adapter`] read and write them as PEFT
 //!   directories and llama.cpp GGUFs;
 //! * [`data`]: JSONL and Python-repository datasets; [`optim`]: AdamW (torch's math), schedules, clipping;
+//!   [`precision`]: float32, or bfloat16/float16 mixed precision (PyTorch's autocast recipe) with loss scaling;
 //! * [`trainer`]: the loop, validation and checkpoints that resume exactly, over what is trained ([`Trainable`]:
 //!   LoRA matrices, or every weight for `phi-tui train`); [`hf_checkpoint`] writes fully trained models as Hugging
 //!   Face checkpoints;
@@ -25,6 +26,7 @@ pub mod model;
 pub mod optim;
 pub mod peft;
 pub mod plan;
+pub mod precision;
 pub(crate) mod rng;
 pub mod trainer;
 
@@ -37,6 +39,7 @@ pub use model::{parameter_shapes, preset, BaseModel, BaseSource, PRESETS};
 pub use optim::{AdamW, AdamWConfig, Schedule, ScheduleKind};
 pub use peft::{read_peft, write_peft};
 pub use plan::AdapterShape;
+pub use precision::{LossScaler, Precision};
 pub use trainer::{
     FullParameters, LoraParameters, NamedWeights, StepGate, StepReport, TrainEvent, TrainOptions, TrainOutcome,
     Trainable, Trainer,

@@ -25,6 +25,7 @@ use phi_converters::{CheckpointReader, ModelConfig, SourceDtype};
 use super::cpu_ops;
 use super::error::{FinetuneError, Result};
 use super::lora::{LoraAdapter, LoraTarget};
+use super::precision::Precision;
 
 /// The shapes `phi-tui train --preset` offers, smallest first: (name, what it is). All use the phi-1 vocabulary and
 /// tokenizer, half the head rotary, LayerNorm ε 1e-5 and rope θ 10000, as phi-1 does.
@@ -126,6 +127,8 @@ pub struct BaseModel {
     fused: bool,
     /// Whether the weights are `Var`s that get gradients (full training) rather than frozen.
     trained: bool,
+    /// The type the products compute in ([`BaseModel::set_precision`]).
+    precision: Precision,
 }
 
 /// The LoRA matrices as device tensors, for one forward pass. In training they are the tensors of `Var`s (so the
@@ -216,8 +219,15 @@ impl BaseModel {
     }
 
     /// Turns every weight into a `Var` that gets gradients (full training) and returns them by canonical (GGUF)
-    /// name, in [`parameter_shapes`] order. After this the forward pass takes the gradient-giving ops.
+    /// name, in [`parameter_shapes`] order. After this the forward pass takes the gradient-giving ops. The weights
+    /// must still be float32 (make a model trainable before [`BaseModel::set_precision`]): they are the master
+    /// weights of mixed precision.
     pub fn make_trainable(&mut self) -> Result<Vec<(String, candle_core::Var)>> {
+        if self.precision != Precision::F32 && !self.trained {
+            return Err(FinetuneError::Option(
+                "the weights were cast to a lower precision; make the model trainable first".to_owned(),
+            ));
+        }
         let mut vars = Vec::new();
         for (name, tensor) in self.parameters_mut() {
             let var = candle_core::Var::from_tensor(tensor)?;
@@ -231,6 +241,41 @@ impl BaseModel {
     /// Whether [`BaseModel::make_trainable`] made the weights `Var`s.
     pub fn is_trainable(&self) -> bool {
         self.trained
+    }
+
+    /// Sets the type the forward and backward passes compute in ([`Precision`], PyTorch's autocast recipe). Mixed
+    /// precision takes candle's graph ops (the fused CPU ops are float32). Trainable weights stay float32 `Var`s,
+    /// cast in each forward pass; the products' frozen weights (a LoRA run's base) are cast once here, which
+    /// halves their memory, so a frozen model's precision can be lowered once and not raised again. LayerNorm's
+    /// weights stay float32.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        if precision == self.precision {
+            return Ok(());
+        }
+        if !self.trained {
+            if self.precision != Precision::F32 {
+                return Err(FinetuneError::Option(format!(
+                    "the frozen weights are already {}; load the model again for {precision}",
+                    self.precision
+                )));
+            }
+            let dtype = precision.compute_dtype();
+            self.embed = self.embed.to_dtype(dtype)?;
+            let blocks = self.blocks.iter_mut();
+            let linears = blocks.flat_map(|b| [&mut b.q, &mut b.k, &mut b.v, &mut b.dense, &mut b.fc1, &mut b.fc2]);
+            for linear in linears.chain([&mut self.lm_head]) {
+                linear.w = linear.w.to_dtype(dtype)?;
+                linear.b = linear.b.to_dtype(dtype)?;
+            }
+        }
+        self.precision = precision;
+        self.fused = self.device.is_cpu() && precision == Precision::F32;
+        Ok(())
+    }
+
+    /// The type the forward and backward passes compute in.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Every weight by canonical name, in [`parameter_shapes`] order.
@@ -265,29 +310,36 @@ impl BaseModel {
         let (batch, seq) = ids.dims2()?;
         let (heads, kv_heads) = (c.num_heads, c.num_kv_heads);
         let (fused, trained) = (self.fused, self.trained);
+        // The residual stream and LayerNorm are float32; the products take `compute` (float32 unless mixed).
+        let compute = self.precision.compute_dtype();
         let attention = Attention::new(c, &self.device, batch, seq, fused)?;
-        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?;
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.to_dtype(DType::F32)?;
         for (layer, block) in self.blocks.iter().enumerate() {
             let linear = |input: &Tensor, target: LoraTarget| -> Result<Tensor> {
                 let lora_pair = lora.modules.get(&(layer, target));
                 linear_with_lora(input, block.linear(target), lora_pair, lora.scaling, fused, trained)
             };
             let h = layer_norm(&x, &block.norm_w, &block.norm_b, c.layer_norm_eps, fused, trained)?;
+            let h = h.to_dtype(compute)?;
             let q = attention.split_heads(&linear(&h, LoraTarget::QProj)?, heads, true)?;
             let k = attention.split_heads(&linear(&h, LoraTarget::KProj)?, kv_heads, true)?;
             let v = attention.split_heads(&linear(&h, LoraTarget::VProj)?, kv_heads, false)?;
             let (k, v) = (repeat_kv(k, heads / kv_heads)?, repeat_kv(v, heads / kv_heads)?);
-            let probs = attention.causal_softmax(&q.matmul(&k.t()?)?)?;
-            let attn = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((batch * seq, heads * c.head_dim()))?;
+            let probs = attention.causal_softmax(&matmul(&q, &k.t()?)?)?;
+            let attn =
+                matmul(&probs, &v)?.transpose(1, 2)?.contiguous()?.reshape((batch * seq, heads * c.head_dim()))?;
             let attn = linear(&attn, LoraTarget::Dense)?;
             let mlp = linear(&gelu_new(&linear(&h, LoraTarget::Fc1)?, fused)?, LoraTarget::Fc2)?;
-            x = ((attn + mlp)? + x)?;
+            x = ((attn + mlp)?.to_dtype(DType::F32)? + x)?;
         }
         layer_norm(&x, &self.final_norm_w, &self.final_norm_b, c.layer_norm_eps, fused, trained)
     }
 
+    /// Logits from final hidden states, float32 whatever the precision (the loss is taken in float32).
     fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
-        linear_with_lora(hidden, &self.lm_head, None, 0.0, self.fused, self.trained)
+        let hidden = hidden.to_dtype(self.precision.compute_dtype())?;
+        let logits = linear_with_lora(&hidden, &self.lm_head, None, 0.0, self.fused, self.trained)?;
+        Ok(logits.to_dtype(DType::F32)?)
     }
 
     /// The summed cross-entropy of a batch's targets (a scalar tensor in the graph when `lora` holds `Var`s).
@@ -357,7 +409,9 @@ impl Linear {
 }
 
 /// `x·Wᵀ + b`, plus `scaling·(x·Aᵀ)·Bᵀ` when the layer has LoRA matrices. `x` is `[m, in]`. With `trained`
-/// (full training, no LoRA), `W` and `b` get gradients too.
+/// (full training, no LoRA), `W` and `b` get gradients too. Off the fused path everything is computed in `x`'s
+/// type (the compute type of mixed precision): float32 `Var`s are cast to it in the graph, so their gradients
+/// come back float32.
 fn linear_with_lora(
     x: &Tensor,
     linear: &Linear,
@@ -371,7 +425,8 @@ fn linear_with_lora(
         if fused {
             return Ok(x.apply_op3_arc(&linear.w, &linear.b, Arc::new(Box::new(cpu_ops::TrainedLinear)))?);
         }
-        return Ok(x.matmul(&linear.w.t()?)?.broadcast_add(&linear.b)?);
+        let dtype = x.dtype();
+        return Ok(matmul(&x, &linear.w.to_dtype(dtype)?.t()?)?.broadcast_add(&linear.b.to_dtype(dtype)?)?);
     }
     if fused {
         let op = linear.cpu_op(scaling);
@@ -383,9 +438,21 @@ fn linear_with_lora(
     let y = x.apply_op1_arc(Arc::new(Box::new(FrozenMatmul { w: linear.w.clone() })))?;
     let y = y.broadcast_add(&linear.b)?;
     match lora {
-        Some((a, b)) => Ok((y + (x.matmul(&a.t()?)?.matmul(&b.t()?)? * scaling)?)?),
+        Some((a, b)) => {
+            let (a, b) = (a.to_dtype(x.dtype())?, b.to_dtype(x.dtype())?);
+            Ok((y + (matmul(&matmul(&x, &a.t()?)?, &b.t()?)? * scaling)?)?)
+        }
         None => Ok(y),
     }
+}
+
+/// `a · b` in the inputs' type. candle's CPU matmul has no bfloat16 kernel: there the product is taken in float32
+/// from the bfloat16 inputs and rounded back, the numbers of a GPU's bfloat16 GEMM (which accumulates in float32).
+fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    if a.dtype() == DType::BF16 && a.device().is_cpu() {
+        return a.to_dtype(DType::F32)?.matmul(&b.to_dtype(DType::F32)?)?.to_dtype(DType::BF16);
+    }
+    a.matmul(b)
 }
 
 /// `gelu_new` (the tanh approximation); candle's `gelu` off the CPU.
@@ -493,16 +560,24 @@ impl Attention {
             return Ok(t.contiguous()?.apply_op1_arc(Arc::new(Box::new(op)))?);
         };
         let t = t.reshape((self.batch, self.seq, heads, self.head_dim))?.transpose(1, 2)?.contiguous()?;
-        apply_rope(&t, &graph.cos, &graph.sin, rope_dims)
+        if rope_dims == 0 {
+            return Ok(t);
+        }
+        // The rotation is float32 whatever the compute type, as transformers' (its tables are float32).
+        let dtype = t.dtype();
+        Ok(apply_rope(&t.to_dtype(DType::F32)?, &graph.cos, &graph.sin, rope_dims)?.to_dtype(dtype)?)
     }
 
-    /// Scaled, causally masked softmax of attention scores `[batch, heads, seq, seq]`.
+    /// Scaled, causally masked softmax of attention scores `[batch, heads, seq, seq]`, in the scores' type. The
+    /// mask and the softmax are float32 whatever the compute type, as in transformers' eager attention.
     fn causal_softmax(&self, scores: &Tensor) -> Result<Tensor> {
         let Some(graph) = &self.graph else {
             let op = cpu_ops::CausalSoftmax { scale: self.scale as f32 };
             return Ok(scores.contiguous()?.apply_op1_arc(Arc::new(Box::new(op)))?);
         };
-        softmax_last_dim(&(scores * self.scale)?.broadcast_add(&graph.mask)?)
+        let scaled = (scores * self.scale)?;
+        let probs = softmax_last_dim(&scaled.to_dtype(DType::F32)?.broadcast_add(&graph.mask)?)?;
+        Ok(probs.to_dtype(scores.dtype())?)
     }
 }
 
@@ -574,8 +649,17 @@ impl CustomOp1 for FrozenMatmul {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (m, n, k, wt_layout) = self.dims(layout)?;
-        let (w, _) = self.w.storage_and_layout();
+        let (w, w_layout) = self.w.storage_and_layout();
         let Storage::Cpu(w) = &*w else { candle_core::bail!("frozen matmul: weight not on the CPU") };
+        if storage.dtype() == DType::BF16 {
+            // No bfloat16 kernel on the CPU: float32 from the rounded inputs, rounded back (see `matmul`).
+            let x = storage.to_dtype(layout, DType::F32)?;
+            let w = w.to_dtype(w_layout, DType::F32)?;
+            let wt_layout = Layout::contiguous(w_layout.shape()).transpose(0, 1)?;
+            let product = x.matmul(&w, (1, m, n, k), &Layout::contiguous(layout.shape()), &wt_layout)?;
+            let shape = Shape::from((m, n));
+            return Ok((product.to_dtype(&Layout::contiguous(&shape), DType::BF16)?, shape));
+        }
         Ok((storage.matmul(w, (1, m, n, k), layout, &wt_layout)?, Shape::from((m, n))))
     }
 
@@ -587,7 +671,7 @@ impl CustomOp1 for FrozenMatmul {
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad_res.matmul(&self.w)?))
+        Ok(Some(matmul(grad_res, &self.w)?))
     }
 }
 
@@ -754,6 +838,7 @@ fn assemble(
         lm_head,
         fused,
         trained: false,
+        precision: Precision::F32,
     })
 }
 
@@ -903,6 +988,89 @@ mod tests {
                 assert!((x - y).abs() <= 1e-4 * scale, "{name}: {f:?} vs {g:?}");
             }
         }
+    }
+
+    /// Mixed precision against float32 through a whole forward and backward pass, with LoRA on a frozen base (its
+    /// weights cast once; bfloat16 products through `FrozenMatmul`'s CPU path) and in full training (float32
+    /// `Var`s cast in the graph): the losses agree to the 16-bit type's rounding, the gradients come back float32
+    /// and point the same way.
+    #[test]
+    fn mixed_precision_passes_agree_with_float32_and_give_float32_gradients() {
+        let device = Device::Cpu;
+        let sequences = [
+            crate::finetune::Sequence { ids: vec![1, 5, 7, 9, 2, 39, 11], targets: vec![true; 7] },
+            crate::finetune::Sequence { ids: vec![3, 4, 0], targets: vec![false, true, true] },
+        ];
+        let batch = crate::finetune::data::make_batch(&sequences.iter().collect::<Vec<_>>(), &device).unwrap();
+        let mut rng = SplitMix64::new(8);
+        let lora_vars: Vec<Var> = [(2, 8), (16, 2)]
+            .iter()
+            .map(|&(rows, cols)| Var::from_tensor(&normal(&mut rng, 0.3, &[rows, cols], &device)).unwrap())
+            .collect();
+        let lora = LoraTensors {
+            scaling: 2.0,
+            modules: BTreeMap::from([(
+                (1, LoraTarget::Fc1),
+                (lora_vars[0].as_tensor().clone(), lora_vars[1].as_tensor().clone()),
+            )]),
+        };
+        let loss_and_grads = |model: &BaseModel, lora: &LoraTensors, vars: &[Var]| {
+            let loss = model.loss_sum(&batch, lora).unwrap();
+            assert_eq!(loss.dtype(), DType::F32);
+            let grads = loss.backward().unwrap();
+            let grads: Vec<f32> = vars
+                .iter()
+                .flat_map(|v| {
+                    let grad = grads.get(v.as_tensor()).unwrap();
+                    assert_eq!(grad.dtype(), DType::F32);
+                    grad.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                })
+                .collect();
+            (loss.to_scalar::<f32>().unwrap(), grads)
+        };
+        let agree = |what: &str, (loss, grads): (f32, Vec<f32>), (want, want_grads): (f32, Vec<f32>), tol: f32| {
+            assert!((loss - want).abs() <= tol * want.abs(), "{what}: loss {loss} vs float32 {want}");
+            assert_ne!(loss, want, "{what}: the pass rounded nothing");
+            let dot: f32 = grads.iter().zip(&want_grads).map(|(a, b)| a * b).sum();
+            let norm = |g: &[f32]| g.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let cosine = dot / (norm(&grads) * norm(&want_grads));
+            assert!(cosine >= 1.0 - tol, "{what}: gradient cosine {cosine}");
+            assert!((norm(&grads) / norm(&want_grads) - 1.0).abs() <= 10.0 * tol, "{what}: gradient norm");
+        };
+        for (precision, tolerance) in [(Precision::Bf16, 1e-2), (Precision::F16, 2e-3)] {
+            let mut float32 = random_model(&device);
+            float32.fused = false;
+            let mut mixed = random_model(&device);
+            mixed.set_precision(precision).unwrap();
+            assert_eq!(mixed.lm_head.w.dtype(), precision.compute_dtype(), "a frozen base is cast once");
+            assert_eq!(mixed.final_norm_w.dtype(), DType::F32, "LayerNorm stays float32");
+            let want = loss_and_grads(&float32, &lora, &lora_vars);
+            agree(&format!("{precision} LoRA"), loss_and_grads(&mixed, &lora, &lora_vars), want, tolerance);
+
+            let mut float32 = random_model(&device);
+            let float32_vars: Vec<Var> = float32.make_trainable().unwrap().into_iter().map(|(_, v)| v).collect();
+            float32.fused = false;
+            let mut mixed = random_model(&device);
+            let mixed_vars: Vec<Var> = mixed.make_trainable().unwrap().into_iter().map(|(_, v)| v).collect();
+            mixed.set_precision(precision).unwrap();
+            assert_eq!(mixed.lm_head.w.dtype(), DType::F32, "trained weights stay float32 masters");
+            let none = LoraTensors::none();
+            let want = loss_and_grads(&float32, &none, &float32_vars);
+            agree(&format!("{precision} full"), loss_and_grads(&mixed, &none, &mixed_vars), want, tolerance);
+        }
+    }
+
+    #[test]
+    fn a_frozen_bases_precision_is_lowered_once_and_masters_stay_float32() {
+        let mut frozen = random_model(&Device::Cpu);
+        frozen.set_precision(Precision::Bf16).unwrap();
+        assert!(frozen.set_precision(Precision::F32).is_err(), "the rounding cannot be undone");
+        assert!(frozen.make_trainable().is_err(), "rounded weights are no master weights");
+        let mut trained = random_model(&Device::Cpu);
+        trained.make_trainable().unwrap();
+        trained.set_precision(Precision::F16).unwrap();
+        trained.set_precision(Precision::F32).unwrap();
+        assert!(trained.fused, "float32 on the CPU takes the fused ops again");
     }
 
     /// Every fused CPU op against candle's graph ops through a whole forward and backward pass: a model with

@@ -22,6 +22,7 @@ use super::error::{FinetuneError, Result};
 use super::lora::{LoraAdapter, LoraPair, LoraTarget, Matrix};
 use super::model::{parameter_shapes, BaseModel, LoraTensors};
 use super::optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule, ScheduleKind};
+use super::precision::{LossScaler, Precision, INITIAL_LOSS_SCALE};
 use super::rng::SplitMix64;
 
 /// The settings of a run.
@@ -54,6 +55,8 @@ pub struct TrainOptions {
     /// Also measure the validation loss every this many steps (0: only at the end of each epoch and of the run).
     /// Validation does not change the weights, so this is not a setting a resume must match.
     pub eval_every: u64,
+    /// The first loss scale of a float16 mixed-precision run ([`LossScaler`]); unused otherwise.
+    pub initial_loss_scale: f64,
 }
 
 impl Default for TrainOptions {
@@ -74,6 +77,7 @@ impl Default for TrainOptions {
             checkpoint_dir: None,
             save_every: 0,
             eval_every: 0,
+            initial_loss_scale: INITIAL_LOSS_SCALE,
         }
     }
 }
@@ -96,6 +100,11 @@ pub struct StepReport {
     pub tokens: usize,
     /// Wall-clock seconds of the step.
     pub seconds: f64,
+    /// float16 mixed precision: the loss scale of this step's backward pass.
+    pub loss_scale: Option<f64>,
+    /// The float16 gradients overflowed: the step did not update the weights, and the loss scale was halved
+    /// (`grad_norm` is then infinite).
+    pub skipped: bool,
 }
 
 /// What a run trains: the parameters as `Var`s (in a fixed order), what the forward pass adds to the model for
@@ -287,6 +296,8 @@ pub struct Trainer<'a, P: Trainable = LoraParameters> {
     total_steps: u64,
     /// The lowest validation loss so far and its step (kept in checkpoints, so a resumed run knows it).
     best_validation: Option<(u64, f64)>,
+    /// Dynamic loss scaling: float16 mixed precision only.
+    scaler: Option<LossScaler>,
 }
 
 impl<'a> Trainer<'a, LoraParameters> {
@@ -382,6 +393,7 @@ impl<'a, P: Trainable> Trainer<'a, P> {
         let effective = (options.batch_size * options.grad_accum) as u64;
         let steps_per_epoch = (data.train.len() as u64).div_ceil(effective);
         let total_steps = options.max_steps.unwrap_or(steps_per_epoch * options.epochs as u64);
+        let scaler = model.precision().needs_loss_scaling().then(|| LossScaler::new(options.initial_loss_scale));
         Ok(Trainer {
             model,
             data,
@@ -393,6 +405,7 @@ impl<'a, P: Trainable> Trainer<'a, P> {
             steps_per_epoch,
             total_steps,
             best_validation: None,
+            scaler,
         })
     }
 
@@ -400,6 +413,13 @@ impl<'a, P: Trainable> Trainer<'a, P> {
     /// optimizer state and step come from it.
     fn restored(mut self, saved: Checkpoint) -> Result<Self> {
         let path = self.options.checkpoint_dir.as_deref().map(checkpoint::checkpoint_path).unwrap_or_default();
+        let saved_precision = saved.state.settings.get("precision").and_then(|p| p.as_str()).unwrap_or("f32");
+        if saved_precision != self.model.precision().to_string() {
+            return Err(FinetuneError::checkpoint(
+                path,
+                format!("the run trained in {saved_precision}; resume it with --precision {saved_precision}"),
+            ));
+        }
         if let Some(difference) = checkpoint::settings_difference(&saved.state.settings, &self.settings()) {
             return Err(FinetuneError::checkpoint(path, format!("cannot resume with other settings: {difference}")));
         }
@@ -418,6 +438,10 @@ impl<'a, P: Trainable> Trainer<'a, P> {
         self.adam.step = saved.state.adam_step;
         self.step = saved.state.step;
         self.best_validation = saved.state.best_validation;
+        if self.scaler.is_some() {
+            // The settings matched, so the saved run used float16 too and saved its scaler.
+            self.scaler = saved.state.loss_scaler;
+        }
         tracing::info!(step = self.step, "resuming from {}", path.display());
         Ok(self)
     }
@@ -450,7 +474,7 @@ impl<'a, P: Trainable> Trainer<'a, P> {
     fn settings(&self) -> BTreeMap<String, serde_json::Value> {
         let o = &self.options;
         let c = &self.model.config;
-        BTreeMap::from([
+        let mut settings = BTreeMap::from([
             ("seq_len".to_owned(), json!(o.seq_len)),
             ("batch_size".to_owned(), json!(o.batch_size)),
             ("grad_accum".to_owned(), json!(o.grad_accum)),
@@ -467,7 +491,16 @@ impl<'a, P: Trainable> Trainer<'a, P> {
                 "model".to_owned(),
                 json!([c.vocab_size, c.hidden_size, c.intermediate_size, c.num_layers, c.num_heads, c.num_kv_heads]),
             ),
-        ])
+        ]);
+        // Recorded only when not float32, so that checkpoints from before mixed precision still resume.
+        let precision = self.model.precision();
+        if precision != Precision::F32 {
+            settings.insert("precision".to_owned(), json!(precision.to_string()));
+        }
+        if precision.needs_loss_scaling() {
+            settings.insert("initial_loss_scale".to_owned(), json!(o.initial_loss_scale));
+        }
+        settings
     }
 
     /// Saves a checkpoint into `dir`.
@@ -482,6 +515,7 @@ impl<'a, P: Trainable> Trainer<'a, P> {
             parameters: Vec::new(),
             settings: self.settings(),
             best_validation: self.best_validation,
+            loss_scaler: self.scaler,
         };
         self.trained.describe(&mut state);
         let parameters = self
@@ -528,7 +562,8 @@ impl<'a, P: Trainable> Trainer<'a, P> {
     }
 
     /// Loss and gradients (one per parameter, in parameter order) of a set of micro-batches, normalised by their
-    /// total target count. Also the number of tokens.
+    /// total target count. Also the number of tokens. With loss scaling the gradients are those of the scaled
+    /// loss (the loss itself is not scaled).
     fn loss_and_gradients(&self, batches: &[Vec<&Sequence>]) -> Result<(f64, Vec<Vec<f32>>, usize)> {
         self.sync_vars()?;
         let count: usize = batches.iter().flatten().map(|s| s.target_count()).sum();
@@ -547,7 +582,10 @@ impl<'a, P: Trainable> Trainer<'a, P> {
             }
             let loss = self.model.loss_sum(&batch, &lora)?.affine(1.0 / count as f64, 0.0)?;
             loss_total += f64::from(loss.to_scalar::<f32>()?);
-            let store = loss.backward()?;
+            let store = match self.scaler {
+                Some(scaler) => loss.affine(scaler.scale, 0.0)?.backward()?,
+                None => loss.backward()?,
+            };
             for (var, sum) in self.trained.vars().iter().zip(&mut grads) {
                 if let Some(grad) = store.get(var.as_tensor()) {
                     let grad = grad.flatten_all()?.to_vec1::<f32>()?;
@@ -562,7 +600,11 @@ impl<'a, P: Trainable> Trainer<'a, P> {
     /// gradients come back shaped as the weights (for LoRA an adapter whose `A` and `B` hold ∂loss/∂A and
     /// ∂loss/∂B).
     pub fn gradients(&self, sequences: &[&Sequence]) -> Result<(f64, P::Weights)> {
-        let (loss, grads, _) = self.loss_and_gradients(&[sequences.to_vec()])?;
+        let (loss, mut grads, _) = self.loss_and_gradients(&[sequences.to_vec()])?;
+        if let Some(scaler) = self.scaler {
+            let inverse = (1.0 / scaler.scale) as f32;
+            grads.iter_mut().flatten().for_each(|g| *g *= inverse);
+        }
         Ok((loss, self.trained.weights(&grads)))
     }
 
@@ -616,14 +658,21 @@ impl<'a, P: Trainable> Trainer<'a, P> {
             let batches = self.step_batches(step);
             let (loss, mut grads, tokens) = self.loss_and_gradients(&batches)?;
             if !loss.is_finite() {
-                return Err(FinetuneError::Option(format!(
-                    "the loss became {loss} at step {}; lower the learning rate",
-                    step + 1
-                )));
+                let advice = match self.model.precision() {
+                    // A forward pass that overflows float16 needs bfloat16's range, not a smaller step.
+                    Precision::F16 => "train with --precision bf16 (float16's range is too narrow) or f32",
+                    _ => "lower the learning rate",
+                };
+                return Err(FinetuneError::Option(format!("the loss became {loss} at step {}; {advice}", step + 1)));
             }
-            let grad_norm = clip_grad_norm(&mut grads, self.options.max_grad_norm);
+            let loss_scale = self.scaler.map(|s| s.scale);
+            // An overflowed float16 step updates nothing (torch's `GradScaler.step`); the schedule moves on.
+            let update = self.scaler.as_mut().is_none_or(|scaler| scaler.unscale(&mut grads));
+            let grad_norm = if update { clip_grad_norm(&mut grads, self.options.max_grad_norm) } else { f64::INFINITY };
             let lr = schedule.lr(step);
-            self.adam.update(&mut self.params, &grads, lr);
+            if update {
+                self.adam.update(&mut self.params, &grads, lr);
+            }
             self.step += 1;
             last_loss = Some(loss);
             let epoch = step / self.steps_per_epoch;
@@ -636,6 +685,8 @@ impl<'a, P: Trainable> Trainer<'a, P> {
                 grad_norm,
                 tokens,
                 seconds: started.elapsed().as_secs_f64(),
+                loss_scale,
+                skipped: !update,
             }));
             let epoch_end = self.step % self.steps_per_epoch == 0 || self.step == self.total_steps;
             let evaluate = epoch_end || (self.options.eval_every > 0 && self.step % self.options.eval_every == 0);

@@ -136,6 +136,8 @@ pub fn finetune_progress(app: &mut App, losses: &[f64], total_steps: u64) {
             grad_norm: 1.0,
             tokens: 1000,
             seconds: 0.5,
+            loss_scale: None,
+            skipped: false,
         };
         app.update(Action::FinetuneProgress(LiveEvent::Train(TrainEvent::Step(report))));
     }
