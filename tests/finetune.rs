@@ -366,28 +366,16 @@ fn a_stopped_run_resumes_exactly_where_it_stopped() {
     let resumed_dir = dir.path().join("resumed");
     let stop = StopAfter { steps: 1, asked: AtomicU64::new(0) };
     let mut first = Trainer::new(&model, &data, initial, options(&resumed_dir)).unwrap();
-    let mut losses = Vec::new();
-    let outcome = first
-        .run(&stop, &mut |e| {
-            if let TrainEvent::Step(r) = e {
-                losses.push(r.loss)
-            }
-        })
-        .unwrap();
+    let (mut reports, outcome) = run_steps(&mut first, &stop);
     assert!(outcome.interrupted);
     assert_eq!(outcome.steps_done, 1);
     assert!(resumed_dir.join(finetune::CHECKPOINT_FILE).is_file());
     let mut second = Trainer::resume(&model, &data, options(&resumed_dir)).unwrap();
     assert_eq!(second.step(), 1);
-    let outcome = second
-        .run(&never, &mut |e| {
-            if let TrainEvent::Step(r) = e {
-                losses.push(r.loss)
-            }
-        })
-        .unwrap();
+    let (rest, outcome) = run_steps(&mut second, &never);
+    reports.extend(rest);
     assert!(!outcome.interrupted);
-    assert_eq!(losses, straight_losses, "the resumed run computes the same losses");
+    assert_eq!(losses(&reports), straight_losses, "the resumed run computes the same losses");
     assert_eq!(outcome.weights, result.weights, "the resumed run ends with the same weights, bit for bit");
 
     // Other settings cannot resume this checkpoint.

@@ -14,9 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use candle_core::Device;
 use common::*;
 use phi_tui::engine::{GenerateRequest, Prompt, SequenceId};
-use phi_tui::finetune::{
-    self, BaseModel, DataOptions, FullParameters, Precision, ScheduleKind, TrainEvent, TrainOptions, Trainer,
-};
+use phi_tui::finetune::{self, BaseModel, DataOptions, FullParameters, Precision, ScheduleKind, TrainOptions, Trainer};
 use serde_json::Value;
 
 fn phi_tui(args: &[&str]) -> Output {
@@ -260,16 +258,11 @@ fn float16_overflow_skips_steps_and_a_resumed_run_keeps_the_loss_scale() {
         let trained = FullParameters::new(&model, vars).unwrap();
         (model, trained)
     };
+    // (loss, loss scale, skipped) of each step: what a resumed run must repeat.
     let steps_of = |trainer: &mut Trainer<'_, FullParameters>, gate: &dyn finetune::StepGate| {
-        let mut reports = Vec::new();
-        let outcome = trainer
-            .run(gate, &mut |e| {
-                if let TrainEvent::Step(r) = e {
-                    reports.push((r.loss, r.loss_scale.unwrap(), r.skipped))
-                }
-            })
-            .unwrap();
-        (reports, outcome)
+        let (reports, outcome) = run_steps(trainer, gate);
+        let steps: Vec<_> = reports.iter().map(|r| (r.loss, r.loss_scale.unwrap(), r.skipped)).collect();
+        (steps, outcome)
     };
     let never = AtomicBool::new(false);
 
@@ -345,43 +338,24 @@ fn a_stopped_full_training_run_resumes_exactly() {
     let straight_dir = dir.path().join("straight");
     let trained = FullParameters::new(&model, vars).unwrap();
     let mut straight = Trainer::new_full(&model, &data, trained, options(&straight_dir)).unwrap();
-    let mut straight_losses = Vec::new();
-    let result = straight
-        .run(&never, &mut |e| {
-            if let TrainEvent::Step(r) = e {
-                straight_losses.push(r.loss)
-            }
-        })
-        .unwrap();
+    let (reports, result) = run_steps(&mut straight, &never);
+    let straight_losses = losses(&reports);
     assert!(straight_losses[4] < straight_losses[0], "{straight_losses:?}");
 
     let resumed_dir = dir.path().join("resumed");
     let (model, vars) = fresh();
     let trained = FullParameters::new(&model, vars).unwrap();
     let mut first = Trainer::new_full(&model, &data, trained, options(&resumed_dir)).unwrap();
-    let mut losses = Vec::new();
-    let stop = StopAfter { steps: 2, asked: AtomicU64::new(0) };
-    let outcome = first
-        .run(&stop, &mut |e| {
-            if let TrainEvent::Step(r) = e {
-                losses.push(r.loss)
-            }
-        })
-        .unwrap();
+    let (mut reports, outcome) = run_steps(&mut first, &StopAfter { steps: 2, asked: AtomicU64::new(0) });
     assert!(outcome.interrupted);
     // A new process: a fresh model whose weights come from the checkpoint.
     let (model, vars) = fresh();
     let trained = FullParameters::new(&model, vars).unwrap();
     let mut second = Trainer::resume_full(&model, &data, trained, options(&resumed_dir)).unwrap();
     assert_eq!(second.step(), 2);
-    let outcome = second
-        .run(&never, &mut |e| {
-            if let TrainEvent::Step(r) = e {
-                losses.push(r.loss)
-            }
-        })
-        .unwrap();
-    assert_eq!(losses, straight_losses, "the resumed run computes the same losses");
+    let (rest, outcome) = run_steps(&mut second, &never);
+    reports.extend(rest);
+    assert_eq!(losses(&reports), straight_losses, "the resumed run computes the same losses");
     assert!(outcome.weights == result.weights, "the resumed run ends with the same weights, bit for bit");
 
     let base = BaseModel::load(&fixtures().join("tiny-phi"), &Device::Cpu).unwrap();

@@ -260,12 +260,11 @@ impl BaseModel {
                 )));
             }
             let dtype = precision.compute_dtype();
-            self.embed = self.embed.to_dtype(dtype)?;
-            let blocks = self.blocks.iter_mut();
-            let linears = blocks.flat_map(|b| [&mut b.q, &mut b.k, &mut b.v, &mut b.dense, &mut b.fc1, &mut b.fc2]);
-            for linear in linears.chain([&mut self.lm_head]) {
-                linear.w = linear.w.to_dtype(dtype)?;
-                linear.b = linear.b.to_dtype(dtype)?;
+            for (name, tensor) in self.parameters_mut() {
+                // LayerNorm runs in float32 (`attn_norm`, `output_norm`).
+                if !name.contains("_norm.") {
+                    *tensor = tensor.to_dtype(dtype)?;
+                }
             }
         }
         self.precision = precision;

@@ -114,14 +114,19 @@ impl LossScaler {
             self.good_steps = 0;
             return false;
         }
-        let inverse = (1.0 / self.scale) as f32;
-        grads.iter_mut().flatten().for_each(|g| *g *= inverse);
+        self.divide(grads);
         self.good_steps += 1;
         if self.good_steps == GROWTH_INTERVAL {
             self.scale *= 2.0;
             self.good_steps = 0;
         }
         true
+    }
+
+    /// Divides gradients of the scaled loss by the scale, leaving the scaler as it is.
+    pub fn divide(&self, grads: &mut [Vec<f32>]) {
+        let inverse = (1.0 / self.scale) as f32;
+        grads.iter_mut().flatten().for_each(|g| *g *= inverse);
     }
 }
 

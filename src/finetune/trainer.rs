@@ -438,9 +438,9 @@ impl<'a, P: Trainable> Trainer<'a, P> {
         self.adam.step = saved.state.adam_step;
         self.step = saved.state.step;
         self.best_validation = saved.state.best_validation;
-        if self.scaler.is_some() {
-            // The settings matched, so the saved run used float16 too and saved its scaler.
-            self.scaler = saved.state.loss_scaler;
+        // The settings matched, so a float16 run continues a float16 run, which saved its scaler.
+        if let (Some(scaler), Some(saved)) = (&mut self.scaler, saved.state.loss_scaler) {
+            *scaler = saved;
         }
         tracing::info!(step = self.step, "resuming from {}", path.display());
         Ok(self)
@@ -602,8 +602,7 @@ impl<'a, P: Trainable> Trainer<'a, P> {
     pub fn gradients(&self, sequences: &[&Sequence]) -> Result<(f64, P::Weights)> {
         let (loss, mut grads, _) = self.loss_and_gradients(&[sequences.to_vec()])?;
         if let Some(scaler) = self.scaler {
-            let inverse = (1.0 / scaler.scale) as f32;
-            grads.iter_mut().flatten().for_each(|g| *g *= inverse);
+            scaler.divide(&mut grads);
         }
         Ok((loss, self.trained.weights(&grads)))
     }

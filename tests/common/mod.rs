@@ -178,3 +178,24 @@ impl phi_tui::finetune::StepGate for StopAfter {
         self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < self.steps
     }
 }
+
+/// Runs `trainer` to its last step or until `gate` stops it: each step's report, and how the run ended.
+pub fn run_steps<P: phi_tui::finetune::Trainable>(
+    trainer: &mut phi_tui::finetune::Trainer<'_, P>,
+    gate: &dyn phi_tui::finetune::StepGate,
+) -> (Vec<phi_tui::finetune::StepReport>, phi_tui::finetune::TrainOutcome<P::Weights>) {
+    let mut reports = Vec::new();
+    let outcome = trainer
+        .run(gate, &mut |event| {
+            if let phi_tui::finetune::TrainEvent::Step(report) = event {
+                reports.push(report.clone())
+            }
+        })
+        .expect("training runs");
+    (reports, outcome)
+}
+
+/// The losses of step reports, in order.
+pub fn losses(reports: &[phi_tui::finetune::StepReport]) -> Vec<f64> {
+    reports.iter().map(|r| r.loss).collect()
+}
